@@ -1,0 +1,135 @@
+"""Pretrained-checkpoint manifest, resolver and by-name loading.
+
+Nothing here downloads: a checkpoint is an explicit path from a recipe, or a file in the weights folder
+(``$IFADIT_WEIGHTS``, default ``~/.cache/ifadit/weights``). A missing file gives one error that says
+what it is, where it was looked for, where to obtain it and the sha256 expected; a file whose tensors do
+not match the module gives the first mismatching key and both shapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class WeightsError(RuntimeError):
+    """A pretrained checkpoint is missing, corrupt or does not fit the module it is loaded into."""
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One entry of the manifest."""
+
+    name: str
+    filename: str
+    layout: str  # which public container layout the file uses
+    source: str  # where a user obtains it (we never fetch it)
+    sha256: str | None = None  # None where the publisher gives none
+    description: str = ""
+
+
+MANIFEST: dict[str, WeightSpec] = {}
+
+
+def register_weights(spec: WeightSpec) -> WeightSpec:
+    MANIFEST[spec.name] = spec
+    return spec
+
+
+def weights_dir() -> Path:
+    env = os.environ.get("IFADIT_WEIGHTS")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "ifadit" / "weights"
+
+
+def sha256_of(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve(name: str, path: str | os.PathLike[str] | None = None, verify: bool = False) -> Path:
+    """Where the checkpoint ``name`` lives: the explicit ``path`` if given, else the weights folder."""
+    spec = MANIFEST.get(name)
+    if path is not None:
+        candidate = Path(path).expanduser()
+        looked = [candidate]
+    else:
+        if spec is None:
+            known = ", ".join(sorted(MANIFEST)) or "(none)"
+            raise WeightsError(f"unknown checkpoint {name!r} and no path given; known: {known}")
+        candidate = weights_dir() / spec.filename
+        looked = [candidate]
+    if not candidate.is_file():
+        where = " or ".join(str(p) for p in looked)
+        hint = ""
+        if spec is not None:
+            sha = spec.sha256 or "not published"
+            hint = (
+                f"; put {spec.filename!r} ({spec.description or spec.layout}) into {weights_dir()} "
+                f"(set IFADIT_WEIGHTS to change it) or give its path; obtain it from {spec.source}; "
+                f"expected sha256 {sha}"
+            )
+        raise WeightsError(f"checkpoint {name!r} not found at {where}{hint}")
+    if verify and spec is not None and spec.sha256 is not None:
+        actual = sha256_of(candidate)
+        if actual != spec.sha256:
+            raise WeightsError(
+                f"checkpoint {name!r} at {candidate} has sha256 {actual}, expected {spec.sha256}"
+            )
+    return candidate
+
+
+def load_checkpoint(path: str | os.PathLike[str], weights_only: bool = True) -> Any:
+    """``torch.load`` on the CPU; ``weights_only=True`` unless a layout needs pickled objects."""
+    try:
+        return torch.load(Path(path), map_location="cpu", weights_only=weights_only)
+    except FileNotFoundError as exc:
+        raise WeightsError(f"checkpoint file not found: {path}") from exc
+    except Exception as exc:
+        raise WeightsError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
+
+
+def strip_prefix(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries under ``prefix`` with the prefix removed (e.g. ``encoder.`` of a pSp checkpoint)."""
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def load_state_dict_by_name(
+    module: nn.Module, state_dict: Mapping[str, Any], what: str = "checkpoint", strict: bool = True
+) -> None:
+    """Load by key name, failing with the first missing/unexpected key or the first shape mismatch."""
+    own = module.state_dict()
+    for key, value in state_dict.items():
+        if key in own and hasattr(value, "shape") and tuple(own[key].shape) != tuple(value.shape):
+            raise WeightsError(
+                f"{what}: tensor {key!r} has shape {tuple(value.shape)} in the file but "
+                f"{tuple(own[key].shape)} in the {type(module).__name__}"
+            )
+    if strict:
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        if missing:
+            raise WeightsError(
+                f"{what}: key {missing[0]!r} (shape {tuple(own[missing[0]].shape)}) is missing from the file "
+                f"({len(missing)} missing in all) — is it the right layout for {type(module).__name__}?"
+            )
+        if unexpected:
+            raise WeightsError(
+                f"{what}: unexpected key {unexpected[0]!r} in the file ({len(unexpected)} unexpected in all) "
+                f"— is it the right layout for {type(module).__name__}?"
+            )
+    module.load_state_dict(dict(state_dict), strict=strict)
