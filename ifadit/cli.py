@@ -1,0 +1,122 @@
+"""The ``ifadit`` command. Thin: every subcommand parses its options and calls library code.
+
+Expected failures (bad key file, unknown plugin, missing weights, bad config) end in one line on stderr
+and exit status 2; they never print key material.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ifadit import registry
+from ifadit.keys import KeyFileError, SecretKey, load_passphrase_file
+from ifadit.weights import WeightsError
+
+EXPECTED_ERRORS = (KeyFileError, registry.RegistryError, WeightsError, ValueError, OSError)
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    groups = [args.group] if args.group else list(registry.GROUPS)
+    any_broken = False
+    for group in groups:
+        loaded, broken = registry.load_all(group)
+        infos = registry.available(group)
+        print(f"{group}:")
+        if not infos:
+            print("  (none)")
+        for name in sorted(loaded):
+            info = infos[name]
+            print(f"  {name:<18} {info.value:<48} [{info.distribution}]")
+        for item in broken:
+            any_broken = True
+            print(f"  {item.info.name:<18} BROKEN: {item.error} [{item.info.distribution}]")
+    return 1 if any_broken and args.strict else 0
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    if args.passphrase_file:
+        salt = bytes.fromhex(args.salt) if args.salt else None
+        secret = SecretKey.from_passphrase(load_passphrase_file(args.passphrase_file), salt=salt)
+    else:
+        secret = SecretKey.generate()
+    path = secret.save(args.path)
+    print(f"wrote {path} (mode 0600), fingerprint {secret.fingerprint}")
+    return 0
+
+
+def _read_secret(args: argparse.Namespace) -> SecretKey:
+    if args.key:
+        return SecretKey.load(args.key)
+    if args.passphrase_file:
+        if not args.salt:
+            raise ValueError("--passphrase-file needs --salt (hex) so the same key can be derived again")
+        return SecretKey.from_passphrase(load_passphrase_file(args.passphrase_file), salt=bytes.fromhex(args.salt))
+    raise ValueError("give --key KEYFILE or --passphrase-file FILE --salt HEX")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ifadit.demo import format_result, load_config, run_flow_demo
+
+    secret = _read_secret(args)
+    config = load_config(args.config)
+    if args.steps is not None:
+        config.setdefault("train", {})["steps"] = args.steps
+    result = run_flow_demo(config, secret, out_dir=args.out)
+    print("ifadit flow demo: anonymize identity vectors with a secret key, recover them, try wrong keys")
+    print(format_result(result))
+    if args.out:
+        print(f"results written to {args.out}/flow_demo.json")
+    return 0
+
+
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from ifadit.weights_report import weights_report
+
+    print(weights_report(verify=not args.no_verify))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ifadit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plugins", help="list the registered components of every plugin group")
+    p.add_argument("--group", choices=registry.GROUPS)
+    p.add_argument("--strict", action="store_true", help="exit 1 if a plugin fails to load")
+    p.set_defaults(func=_cmd_plugins)
+
+    p = sub.add_parser("keygen", help="write a new 256-bit secret key file (mode 0600, never overwrites)")
+    p.add_argument("path")
+    p.add_argument("--passphrase-file", help="derive the key from the passphrase in this file (scrypt)")
+    p.add_argument("--salt", help="hex salt for --passphrase-file (default: random, recorded in the file)")
+    p.set_defaults(func=_cmd_keygen)
+
+    p = sub.add_parser("demo", help="the flow demo: anonymize and recover identity vectors with a key")
+    p.add_argument("--config", default="recipes/quickstart/flow_demo.yaml")
+    p.add_argument("--key", help="key file written by 'ifadit keygen'")
+    p.add_argument("--passphrase-file")
+    p.add_argument("--salt")
+    p.add_argument("--steps", type=int, help="override the number of training steps")
+    p.add_argument("--out", help="folder for flow_demo.json")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("weights", help="list the pretrained checkpoints ifadit knows and which are present")
+    p.add_argument("--no-verify", action="store_true", help="skip sha256 verification")
+    p.set_defaults(func=_cmd_weights)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EXPECTED_ERRORS as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"ifadit {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

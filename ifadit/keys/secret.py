@@ -1,0 +1,209 @@
+"""Secrets: 256-bit random keys, passphrase-derived keys, the key file format and fingerprints.
+
+A :class:`SecretKey` never shows its bytes: ``repr``/``str``/``format`` give the fingerprint, pickling is
+refused, and every error raised here names the file or the problem, never key material. The fingerprint
+is a one-way, domain-separated hash and the only thing about a key that may be logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+SECRET_BYTES = 32  # 256 bits
+FILE_MAGIC = "ifadit-secret-key"
+FILE_VERSION = 1
+FINGERPRINT_HEX = 16
+# scrypt cost: n=2**15, r=8 is ~32 MiB and ~0.1 s — slow enough for offline guessing, fast for a person.
+SCRYPT_DEFAULTS = {"n": 2**15, "r": 8, "p": 1}
+SALT_BYTES = 16
+
+
+class KeyFileError(ValueError):
+    """A key file is missing, malformed, of an unknown version, or would overwrite an existing file."""
+
+
+def _fingerprint(material: bytes) -> str:
+    return hashlib.shake_256(b"ifadit/fingerprint/v1\x00" + material).hexdigest(FINGERPRINT_HEX // 2)
+
+
+class SecretKey:
+    """A secret the anonymization is keyed on. Immutable; compare with ``==`` (constant time)."""
+
+    __slots__ = ("__material", "_kdf")
+
+    def __init__(self, material: bytes, kdf: Mapping[str, Any] | None = None) -> None:
+        if not isinstance(material, bytes | bytearray) or len(material) != SECRET_BYTES:
+            raise ValueError(f"a secret key must be exactly {SECRET_BYTES} bytes")
+        self.__material = bytes(material)
+        self._kdf = dict(kdf) if kdf else {"name": "random"}
+
+    # -- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def generate(cls) -> SecretKey:
+        """A fresh 256-bit key from the operating system's CSPRNG."""
+        return cls(secrets.token_bytes(SECRET_BYTES))
+
+    @classmethod
+    def from_passphrase(
+        cls, passphrase: str | bytes, salt: bytes | None = None, *, n: int | None = None, r: int | None = None,
+        p: int | None = None,
+    ) -> SecretKey:
+        """Derive a key with scrypt. Without ``salt`` a random one is drawn; it is kept in ``kdf`` (not
+        secret) so the same key can be derived again from the passphrase."""
+        if isinstance(passphrase, str):
+            passphrase = passphrase.encode("utf-8")
+        if not passphrase:
+            raise ValueError("the passphrase is empty")
+        salt = secrets.token_bytes(SALT_BYTES) if salt is None else bytes(salt)
+        if len(salt) < 8:
+            raise ValueError("the salt must be at least 8 bytes")
+        params = {
+            "n": n or SCRYPT_DEFAULTS["n"],
+            "r": r or SCRYPT_DEFAULTS["r"],
+            "p": p or SCRYPT_DEFAULTS["p"],
+        }
+        maxmem = 128 * params["n"] * params["r"] * params["p"] + (1 << 20)
+        material = hashlib.scrypt(passphrase, salt=salt, dklen=SECRET_BYTES, maxmem=maxmem, **params)
+        return cls(material, kdf={"name": "scrypt", "salt": salt.hex(), **params})
+
+    # -- what may be shown -------------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """A short one-way hash; the only thing about a key that may reach a log."""
+        return _fingerprint(self.__material)
+
+    @property
+    def kdf(self) -> dict[str, Any]:
+        """How the key was made (``random`` or the scrypt parameters and salt); not secret."""
+        return dict(self._kdf)
+
+    def __repr__(self) -> str:
+        return f"SecretKey(fingerprint={self.fingerprint})"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    # -- key material, for the key schemes only ---------------------------------------------------------------
+    def expand(self, context: bytes, n_bytes: int) -> bytes:
+        """Stable, domain-separated expansion (SHAKE-256) of the key into ``n_bytes`` for one purpose."""
+        return hashlib.shake_256(b"ifadit/expand/v1\x00" + context + b"\x00" + self.__material).digest(n_bytes)
+
+    def with_bit_flipped(self, index: int) -> SecretKey:
+        """The key one bit away (for the security metrics: a near-miss key must not recover the face)."""
+        if not 0 <= index < 8 * SECRET_BYTES:
+            raise ValueError(f"bit index must be in [0, {8 * SECRET_BYTES})")
+        flipped = bytearray(self.__material)
+        flipped[index // 8] ^= 1 << (index % 8)
+        return SecretKey(bytes(flipped), kdf={"name": "derived"})
+
+    # -- identity ------------------------------------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SecretKey):
+            return NotImplemented
+        return hmac.compare_digest(self.__material, other._SecretKey__material)
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
+
+    def __copy__(self) -> SecretKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SecretKey:
+        return self
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a SecretKey cannot be pickled; save it with SecretKey.save(path)")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return self.__reduce__()
+
+    # -- the key file ----------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write a versioned text key file with mode 0600; never overwrites an existing file."""
+        path = Path(path)
+        lines = [
+            "# ifadit secret key. Keep it private: whoever holds it can undo the anonymization.",
+            f"{FILE_MAGIC} v{FILE_VERSION}",
+            f"fingerprint: {self.fingerprint}",
+            "kdf: " + " ".join(f"{k}={v}" for k, v in self._kdf.items()),
+            "secret: " + base64.b64encode(self.__material).decode("ascii"),
+        ]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise KeyFileError(f"refusing to overwrite existing file {path}") from None
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write("\n".join(lines) + "\n")
+        os.chmod(path, 0o600)  # in case the umask widened it
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SecretKey:
+        """Read a key file written by :meth:`save`; every failure is one line naming the file, never its content."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="ascii")
+        except FileNotFoundError:
+            raise KeyFileError(f"key file not found: {path}") from None
+        except (UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
+            raise KeyFileError(f"cannot read key file {path}: {type(exc).__name__}") from None
+        fields: dict[str, str] = {}
+        header = None
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            if header is None:
+                header = line
+                continue
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise KeyFileError(f"malformed key file {path}: a line is not 'name: value'")
+            fields[name.strip()] = value.strip()
+        if header is None or not header.startswith(FILE_MAGIC + " "):
+            raise KeyFileError(f"{path} is not an ifadit key file (missing '{FILE_MAGIC}' header)")
+        version = header[len(FILE_MAGIC) + 1 :]
+        if version != f"v{FILE_VERSION}":
+            raise KeyFileError(f"key file {path} has unsupported version {version[:10]!r}; expected v{FILE_VERSION}")
+        if "secret" not in fields:
+            raise KeyFileError(f"malformed key file {path}: no 'secret' line")
+        try:
+            material = base64.b64decode(fields["secret"], validate=True)
+        except (binascii.Error, ValueError):
+            raise KeyFileError(f"malformed key file {path}: the secret is not valid base64") from None
+        if len(material) != SECRET_BYTES:
+            raise KeyFileError(f"malformed key file {path}: the secret must be {SECRET_BYTES} bytes")
+        kdf: dict[str, Any] = {}
+        for item in fields.get("kdf", "name=random").split():
+            k, _, v = item.partition("=")
+            kdf[k] = int(v) if v.isdigit() else v
+        key = cls(material, kdf=kdf)
+        if "fingerprint" in fields and not hmac.compare_digest(fields["fingerprint"], key.fingerprint):
+            raise KeyFileError(f"key file {path} is corrupt: its fingerprint does not match its secret")
+        return key
+
+
+def load_passphrase_file(path: str | os.PathLike[str]) -> str:
+    """The first line of a passphrase file (trailing newline stripped); errors never echo the content."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise KeyFileError(f"passphrase file not found: {path}") from None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
+        raise KeyFileError(f"cannot read passphrase file {path}: {type(exc).__name__}") from None
+    passphrase = text.splitlines()[0] if text else ""
+    if not passphrase:
+        raise KeyFileError(f"passphrase file {path} is empty")
+    return passphrase
