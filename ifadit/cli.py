@@ -72,9 +72,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights(args: argparse.Namespace) -> int:
-    from ifadit.weights_report import weights_report
+    from ifadit.weights_report import format_weights_report, weights_report
 
-    print(weights_report(verify=not args.no_verify))
+    print(format_weights_report(weights_report(verify=not args.no_verify)))
     return 0
 
 

@@ -1,0 +1,178 @@
+"""Small trainable encoders built on timm backbones, for low resolutions and CPU recipes.
+
+The paper's encoders (ArcFace IR-SE50, pSp) are large and their weights are not installable offline; these
+stand-ins make the whole pipeline trainable end to end at 32-128 px. ``TimmIdentityEncoder`` is meant to be
+trained on identity labels with :class:`ArcFaceHead`; ``TimmAttributeEncoder`` replaces pSp.
+
+``pretrained=True`` asks timm for ImageNet weights, which it DOWNLOADS from the Hugging Face hub; it is
+off by default and fails at once when ``HF_HUB_OFFLINE=1``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ifadit.nets.base import AttributeEncoder, IdentityEncoder
+from ifadit.weights import load_checkpoint, load_state_dict_by_name, strip_prefix
+
+
+class _ImageAdapter(nn.Module):
+    """[-1, 1] images -> the backbone's input: optional resize, then the backbone's own mean/std."""
+
+    def __init__(self, backbone: nn.Module, in_size: int | None) -> None:
+        super().__init__()
+        self.in_size = in_size
+        cfg = getattr(backbone, "pretrained_cfg", None) or {}
+        mean = torch.tensor(cfg.get("mean", (0.5, 0.5, 0.5)), dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(cfg.get("std", (0.5, 0.5, 0.5)), dtype=torch.float32).view(1, -1, 1, 1)
+        # Not persistent: they follow from the backbone name, and keep checkpoints free of constants.
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.dim() != 4 or images.shape[1] != self.mean.shape[1]:
+            raise ValueError(
+                f"expected images (batch, {self.mean.shape[1]}, H, W), got {tuple(images.shape)}"
+            )
+        if self.in_size is not None and images.shape[-2:] != (self.in_size, self.in_size):
+            images = F.interpolate(
+                images,
+                size=(self.in_size, self.in_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
+        return ((images + 1) / 2 - self.mean) / self.std
+
+
+def _load_own_checkpoint(module: nn.Module, checkpoint: str | os.PathLike[str]) -> None:
+    """A state dict this class saved earlier (optionally wrapped by DataParallel / under ``state_dict``)."""
+    state = load_checkpoint(checkpoint)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if state and all(k.startswith("module.") for k in state):
+        state = strip_prefix(state, "module.")
+    load_state_dict_by_name(module, state, what=str(checkpoint))
+
+
+class TimmIdentityEncoder(IdentityEncoder):
+    """timm backbone + BN/linear/BN embedding head, L2-normalised (the usual ArcFace head layout).
+
+    The head's batch norms need batches of 2 or more while training.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        embedding_dim: int = 512,
+        pretrained: bool = False,
+        in_size: int | None = 112,
+        dropout: float = 0.0,
+        frozen: bool = False,
+        checkpoint: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.frozen = frozen
+        self.backbone = timm.create_model(backbone, pretrained=pretrained, num_classes=0)
+        self.adapter = _ImageAdapter(self.backbone, in_size)
+        features = self.backbone.num_features
+        self.head = nn.Sequential(
+            nn.BatchNorm1d(features),
+            nn.Dropout(dropout),
+            nn.Linear(features, embedding_dim, bias=False),
+            nn.BatchNorm1d(embedding_dim),
+        )
+        if checkpoint is not None:
+            _load_own_checkpoint(self, checkpoint)
+        if frozen:
+            self.requires_grad_(False)
+            self.train(False)
+
+    def train(self, mode: bool = True) -> TimmIdentityEncoder:
+        return super().train(mode and not self.frozen)
+
+    def forward(self, images: Tensor) -> Tensor:
+        features = self.backbone(self.adapter(images))
+        return F.normalize(self.head(features), dim=1)
+
+
+class ArcFaceHead(nn.Module):
+    """Additive angular margin classifier (ArcFace, Deng et al. 2019): logits for cross-entropy.
+
+    For the target class the logit is ``scale * cos(theta + margin)``, for the others ``scale * cos(theta)``,
+    theta being the angle between the embedding and the class centre. Where ``theta + margin`` would pass
+    pi (and cos would start to rise again) the target logit becomes ``scale * (cos(theta) - margin *
+    sin(margin))``, the usual monotonic continuation, so the penalty never turns into a reward.
+    """
+
+    def __init__(
+        self, embedding_dim: int, num_classes: int, scale: float = 64.0, margin: float = 0.5
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= margin < math.pi / 2:
+            raise ValueError(f"margin must be in [0, pi/2), got {margin}")
+        self.scale = scale
+        self.margin = margin
+        self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
+        nn.init.xavier_uniform_(self.weight)
+
+    def cosine(self, embeddings: Tensor) -> Tensor:
+        """(B, num_classes) cosines between embeddings and class centres."""
+        return F.normalize(embeddings, dim=1) @ F.normalize(self.weight, dim=1).t()
+
+    def forward(self, embeddings: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Scaled logits; with ``labels`` the target-class logits carry the angular margin."""
+        cos = self.cosine(embeddings)
+        if labels is None:
+            return self.scale * cos
+        index = labels.long().view(-1, 1)
+        cos_target = cos.gather(1, index)
+        sin_target = torch.sqrt((1.0 - cos_target.square()).clamp_min(1e-12))
+        with_margin = cos_target * math.cos(self.margin) - sin_target * math.sin(self.margin)
+        # cos(theta) > cos(pi - m) <=> theta + m < pi: the margin keeps cos decreasing only there.
+        fallback = cos_target - self.margin * math.sin(self.margin)
+        target = torch.where(cos_target > math.cos(math.pi - self.margin), with_margin, fallback)
+        return self.scale * cos.scatter(1, index, target)
+
+
+class TimmAttributeEncoder(AttributeEncoder):
+    """timm feature pyramid -> per-scale average pooling -> one linear map to ``n_styles x style_dim``.
+
+    Coarse and fine scales both reach every style code; the linear layer learns which style takes what,
+    the job pSp's per-style blocks do at much higher cost.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        n_styles: int = 14,
+        style_dim: int = 512,
+        pretrained: bool = False,
+        in_size: int | None = None,
+        out_indices: tuple[int, ...] | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.n_styles = n_styles
+        self.style_dim = style_dim
+        extra = {} if out_indices is None else {"out_indices": tuple(out_indices)}
+        self.backbone = timm.create_model(backbone, pretrained=pretrained, features_only=True, **extra)
+        self.adapter = _ImageAdapter(self.backbone, in_size)
+        channels = sum(self.backbone.feature_info.channels())
+        self.norm = nn.LayerNorm(channels)
+        self.to_styles = nn.Linear(channels, n_styles * style_dim)
+        if checkpoint is not None:
+            _load_own_checkpoint(self, checkpoint)
+
+    def forward(self, images: Tensor) -> Tensor:
+        feature_maps = self.backbone(self.adapter(images))
+        pooled = torch.cat([fmap.mean(dim=(2, 3)) for fmap in feature_maps], dim=1)
+        codes = self.to_styles(self.norm(pooled))
+        return codes.view(images.shape[0], self.n_styles, self.style_dim)
