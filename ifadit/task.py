@@ -1,0 +1,425 @@
+"""The Lightning task: one module, four phases, every component received typed by its base class.
+
+Phases (``phase``):
+
+- ``recognizer``  — train the identity encoder with an ArcFace margin head on identity labels (the stand-in
+  for a pretrained ArcFace where none is available);
+- ``disentangle`` — phase 1: attribute encoder + mapper (+ the generator when it is not pretrained) learn to
+  reconstruct ``x`` from ``(E_id(x), E_attr(x))``; a swapped identity must show up in the render;
+- ``flow``        — phase 2: flow + compensator (+ a trainable key scheme) with anonymity, diversity,
+  recovery and wrong-key losses, everything else frozen;
+- ``joint``       — the single-phase ablation: phase-1 and phase-2 losses, all trainable parts at once.
+
+Each phase loads what it needs from the previous phase's checkpoint (``init_from``). Loss weights are
+config; a weight of 0 switches the term off and skips its computation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import kornia
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ifadit.anonymizer import IFADIT
+from ifadit.flows import KeyedFlow
+from ifadit.keys import KeyScheme, SecretKey
+from ifadit.losses import anonymity_loss, batch_diversity_loss, identity_loss
+from ifadit.nets import AttributeEncoder, Generator, IdentityEncoder
+from ifadit.nets.timm_encoders import ArcFaceHead
+from ifadit.weights import WeightsError, load_checkpoint
+
+Phase = Literal["recognizer", "disentangle", "flow", "joint"]
+PHASES: tuple[str, ...] = ("recognizer", "disentangle", "flow", "joint")
+
+# Public, fixed validation keys: validation numbers stay comparable across epochs and runs. They are not
+# secrets (anyone can derive them from this source), and no user key is ever used in training or logged.
+VALIDATION_KEYS = tuple(SecretKey(hashlib.sha256(f"ifadit/validation-key/{i}".encode()).digest()) for i in range(2))
+
+
+@dataclass
+class LossWeights:
+    """Every loss weight of every phase; 0 switches a term off (the ablations)."""
+
+    # phase 1: reconstruction and disentanglement
+    l1: float = 1.0
+    l2: float = 0.0
+    ssim: float = 0.5
+    identity: float = 1.0  # E_id(G(M(z, a))) keeps z
+    swap_identity: float = 0.5  # E_id(G(M(z_other, a))) carries z_other: the generator must use the identity
+    # phase 2: the keyed identity transform
+    anonymity: float = 1.0  # privacy: E_id(x_anon) far from z
+    two_key_diversity: float = 1.0  # two keys give two identities
+    batch_diversity: float = 0.0  # the official L_inter over the batch (a sum over pairs)
+    image: float = 0.2  # x_anon keeps the rest of the face (L1 to the reconstruction)
+    anonymized_identity: float = 0.5  # E_id(x_anon) carries z_anon, so the compensator's job is small
+    latent_norm: float = 0.1  # z_anon stays on the identity sphere the generator was trained on
+    latent_recovery: float = 1.0  # compensator: C(E_id(x_anon)) = z_anon
+    recovery_identity: float = 1.0  # E_id(x_rec) keeps z
+    recovery_image: float = 1.0  # x_rec equals the reconstruction
+    wrong_key: float = 1.0  # a wrong key's recovery stays anonymous
+    # shared
+    margin: float = 0.1  # cosine margin of the identity/anonymity losses (official default)
+    diversity_threshold: float = 0.1
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 2e-3
+    generator_lr: float | None = None  # defaults to lr
+    betas: tuple[float, float] = (0.5, 0.99)
+    weight_decay: float = 0.0
+
+
+def _set_trainable(module: nn.Module | None, trainable: bool) -> None:
+    if module is not None:
+        module.requires_grad_(trainable)
+
+
+class IFADITTask(L.LightningModule):
+    """Lightning glue around :class:`ifadit.anonymizer.IFADIT`; no network code lives here."""
+
+    def __init__(
+        self,
+        identity_encoder: IdentityEncoder,
+        attribute_encoder: AttributeEncoder | None = None,
+        mapper: nn.Module | None = None,
+        generator: Generator | None = None,
+        flow: KeyedFlow | None = None,
+        key_scheme: KeyScheme | None = None,
+        compensator: nn.Module | None = None,
+        phase: Phase = "flow",
+        init_from: str | None = None,
+        train_generator: bool = True,
+        num_identities: int | None = None,
+        arcface_scale: float = 32.0,
+        arcface_margin: float = 0.3,
+        losses: LossWeights | None = None,
+        optimizer: OptimizerConfig | None = None,
+        val_sample_count: int = 8,
+    ) -> None:
+        super().__init__()
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+        self.save_hyperparameters(
+            ignore=["identity_encoder", "attribute_encoder", "mapper", "generator", "flow", "key_scheme",
+                    "compensator", "losses", "optimizer"]
+        )
+        self.phase = phase
+        self.losses = losses or LossWeights()
+        self.optim = optimizer or OptimizerConfig()
+        self.hparams["losses"] = asdict(self.losses)
+        self.hparams["optimizer"] = asdict(self.optim)
+        self.train_generator = train_generator
+        self.val_sample_count = val_sample_count
+        self.arcface_head: ArcFaceHead | None = None
+        self.model: IFADIT | None = None
+        self.recognizer: IdentityEncoder | None = None
+        if phase == "recognizer":
+            self.recognizer = identity_encoder
+            if num_identities is not None:
+                self.arcface_head = ArcFaceHead(identity_encoder.embedding_dim, num_identities,
+                                                scale=arcface_scale, margin=arcface_margin)
+        else:
+            needed = {"attribute_encoder": attribute_encoder, "mapper": mapper, "generator": generator}
+            if phase != "disentangle":
+                needed.update(flow=flow, key_scheme=key_scheme)
+            missing = [name for name, part in needed.items() if part is None]
+            if missing:
+                raise ValueError(f"phase {phase!r} needs the components: {', '.join(missing)}")
+            keyed = phase != "disentangle"
+            self.model = IFADIT(identity_encoder, attribute_encoder, mapper, generator,
+                                flow if keyed else None, key_scheme if keyed else None, compensator)
+        if init_from:
+            self.load_components(init_from)
+        self._configure_trainable()
+
+    @property
+    def identity_encoder(self) -> IdentityEncoder:
+        return self.recognizer if self.model is None else self.model.identity_encoder
+
+    # -- set-up ----------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.phase == "recognizer" and self.arcface_head is None:
+            count = getattr(self.trainer.datamodule, "num_identities", None) if self.trainer else None
+            if not count:
+                raise ValueError("the recognizer phase needs num_identities (or a datamodule that knows it)")
+            self.hparams["num_identities"] = count
+            self.arcface_head = ArcFaceHead(self.identity_encoder.embedding_dim, count,
+                                            scale=self.hparams.arcface_scale, margin=self.hparams.arcface_margin)
+
+    def _trainable_parts(self) -> list[nn.Module]:
+        m = self.model
+        if m is None:
+            return [self.identity_encoder, *([self.arcface_head] if self.arcface_head is not None else [])]
+        generator = [m.generator] if self.train_generator else []
+        if self.phase == "disentangle":
+            return [m.attribute_encoder, m.mapper, *generator]
+        keyed = [p for p in (m.flow, m.compensator) if p is not None]
+        if self.phase == "flow":
+            return keyed
+        return [m.attribute_encoder, m.mapper, *generator, *keyed]
+
+    def _configure_trainable(self) -> None:
+        key_scheme_trainable = {}
+        if self.model is not None and self.model.key_scheme is not None:
+            key_scheme_trainable = {p: p.requires_grad for p in self.model.key_scheme.parameters()}
+        self.requires_grad_(False)
+        for part in self._trainable_parts():
+            _set_trainable(part, True)
+        # The key scheme keeps its own choice (a frozen random mapping by default), trained only with the flow.
+        for param, flag in key_scheme_trainable.items():
+            param.requires_grad_(flag and self.phase in ("flow", "joint"))
+
+    def train(self, mode: bool = True) -> IFADITTask:
+        """Frozen parts stay in eval mode (their batch norms must not drift)."""
+        super().train(mode)
+        if mode:
+            trainable = {id(m) for part in self._trainable_parts() for m in part.modules()}
+            for module in self.modules():
+                if id(module) not in trainable and module is not self:
+                    module.train(False)
+        return self
+
+    def load_components(self, path: str | Path) -> None:
+        """Take every tensor of a previous phase's checkpoint whose name exists here (shapes checked).
+
+        Names are compared without their container (see ``_canonical``), so a recognizer checkpoint feeds
+        the identity encoder of phase 1 and a phase-1 checkpoint every part of phase 2."""
+        checkpoint = load_checkpoint(path, weights_only=True)
+        state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+        if not isinstance(state, dict):
+            raise WeightsError(f"{path} holds no state dict")
+        own = self.state_dict()
+        by_canonical = {_canonical(k): k for k in own}
+        updates = {}
+        for key, value in state.items():
+            target = by_canonical.get(_canonical(key))
+            if target is None:
+                continue
+            if tuple(own[target].shape) != tuple(value.shape):
+                raise WeightsError(
+                    f"{path}: tensor {key!r} has shape {tuple(value.shape)} but {tuple(own[target].shape)} here"
+                )
+            updates[target] = value
+        loaded = {_canonical(k) for k in updates}
+        for prefix in self._needed_from_previous_phase():
+            if not any(k.startswith(prefix) for k in loaded):
+                raise WeightsError(f"{path} has no weights for {prefix.rstrip('.')!r}, which phase {self.phase!r} needs")
+        self.load_state_dict(updates, strict=False)
+
+    def _needed_from_previous_phase(self) -> list[str]:
+        if self.phase == "recognizer":
+            return []
+        if self.phase in ("disentangle", "joint"):
+            return ["identity_encoder."]
+        return ["identity_encoder.", "attribute_encoder.", "mapper.", "generator."]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        generator_params = set()
+        if self.model is not None:
+            generator_params = {id(p) for p in self.model.generator.parameters()}
+        params = [p for p in self.parameters() if p.requires_grad]
+        main = [p for p in params if id(p) not in generator_params]
+        gen = [p for p in params if id(p) in generator_params]
+        groups = [{"params": main, "lr": self.optim.lr}]
+        if gen:
+            groups.append({"params": gen, "lr": self.optim.generator_lr or self.optim.lr})
+        return torch.optim.Adam(groups, betas=self.optim.betas, weight_decay=self.optim.weight_decay)
+
+    # -- losses ------------------------------------------------------------------------------------------------
+    def _reconstruction_terms(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        m, w = self.model, self.losses
+        assert m is not None
+        with torch.no_grad():
+            z = m.identity_encoder(x)
+        a = m.attribute_encoder(x)
+        x_hat = m.render(z, a)
+        terms: dict[str, Tensor] = {}
+        if w.l1:
+            terms["l1"] = w.l1 * F.l1_loss(x_hat, x)
+        if w.l2:
+            terms["l2"] = w.l2 * F.mse_loss(x_hat, x)
+        if w.ssim:
+            # kornia's SSIM loss is (1 - SSIM) / 2 on [0, 1] images
+            terms["ssim"] = w.ssim * kornia.losses.ssim_loss((x_hat + 1) / 2, (x + 1) / 2, window_size=7)
+        if w.identity:
+            terms["identity"] = w.identity * identity_loss(m.identity_encoder(x_hat), z, w.margin)
+        if w.swap_identity and x.shape[0] > 1:
+            z_other = z.roll(1, dims=0)
+            terms["swap_identity"] = w.swap_identity * identity_loss(
+                m.identity_encoder(m.render(z_other, a)), z_other, w.margin
+            )
+        return terms, x_hat
+
+    def _flow_terms(self, x: Tensor) -> dict[str, Tensor]:
+        m, w = self.model, self.losses
+        assert m is not None
+        batch = x.shape[0]
+        frozen_front = self.phase == "flow"
+        with torch.set_grad_enabled(not frozen_front and torch.is_grad_enabled()):
+            z = m.identity_encoder(x).detach()
+            a = m.attribute_encoder(x)
+        if frozen_front:
+            a = a.detach()
+        cond_a = m.key_scheme.sample(batch, device=x.device)
+        z_a, _ = m.flow(z, cond_a)
+        x_a = m.render(z_a, a)
+        f_a = m.identity_encoder(x_a)
+        terms: dict[str, Tensor] = {}
+        if w.anonymity:
+            terms["anonymity"] = w.anonymity * anonymity_loss(f_a, z, w.margin)
+        if w.anonymized_identity:
+            terms["anonymized_identity"] = w.anonymized_identity * identity_loss(f_a, z_a, w.margin)
+        if w.latent_norm:
+            terms["latent_norm"] = w.latent_norm * (z_a.norm(dim=1) - 1).pow(2).mean()
+        if w.two_key_diversity:
+            z_b, _ = m.flow(z, m.key_scheme.sample(batch, device=x.device))
+            f_b = m.identity_encoder(m.render(z_b, a))
+            terms["two_key_diversity"] = w.two_key_diversity * anonymity_loss(f_a, f_b, w.margin)
+        if w.batch_diversity:
+            terms["batch_diversity"] = w.batch_diversity * batch_diversity_loss(f_a, w.diversity_threshold)
+        if w.image:
+            with torch.no_grad():
+                x_hat = m.render(z, a)
+            terms["image"] = w.image * F.l1_loss(x_a, x_hat)
+        needs_recovery = w.latent_recovery or w.recovery_identity or w.recovery_image or w.wrong_key
+        if needs_recovery:
+            flow_input = f_a if m.compensator is None else m.compensator(f_a)
+            if w.latent_recovery and m.compensator is not None:
+                terms["latent_recovery"] = w.latent_recovery * F.mse_loss(flow_input, z_a.detach()) * z.shape[1]
+            a_anon = m.attribute_encoder(x_a)
+            if w.recovery_identity or w.recovery_image:
+                z_rec = m.flow.inverse(flow_input, cond_a)
+                x_rec = m.render(z_rec, a_anon)
+                if w.recovery_identity:
+                    terms["recovery_identity"] = w.recovery_identity * identity_loss(m.identity_encoder(x_rec), z,
+                                                                                     w.margin)
+                if w.recovery_image:
+                    terms["recovery_image"] = w.recovery_image * F.l1_loss(x_rec, x)
+            if w.wrong_key:
+                z_wrong = m.flow.inverse(flow_input, m.key_scheme.sample(batch, device=x.device))
+                f_wrong = m.identity_encoder(m.render(z_wrong, a_anon))
+                terms["wrong_key"] = w.wrong_key * anonymity_loss(f_wrong, z, w.margin)
+        return terms
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        x = batch["image"]
+        if self.phase == "recognizer":
+            assert self.arcface_head is not None
+            embeddings = self.identity_encoder(x)
+            logits = self.arcface_head(embeddings, batch["identity"])
+            loss = F.cross_entropy(logits, batch["identity"])
+            self.log("train/loss", loss, prog_bar=True)
+            return loss
+        terms: dict[str, Tensor] = {}
+        if self.phase in ("disentangle", "joint"):
+            terms.update(self._reconstruction_terms(x)[0])
+        if self.phase in ("flow", "joint"):
+            terms.update(self._flow_terms(x))
+        loss = torch.stack(list(terms.values())).sum()
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True, on_epoch=False)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    # -- validation ----------------------------------------------------------------------------------------------
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        x = batch["image"]
+        if self.phase == "recognizer":
+            self._log_verification(self.identity_encoder(x), batch["identity"])
+            return
+        m = self.model
+        assert m is not None
+        z = m.identity_encoder(x)
+        x_hat = m.reconstruct(x)
+        metrics = {
+            "val/recon_l1": F.l1_loss(x_hat, x),
+            "val/recon_psnr": kornia.metrics.psnr((x_hat + 1) / 2, (x + 1) / 2, 1.0),
+            "val/recon_id_cos": F.cosine_similarity(m.identity_encoder(x_hat), z).mean(),
+        }
+        if self.phase in ("flow", "joint"):
+            metrics.update(self._keyed_metrics(x, z))
+        self.log_dict(metrics, prog_bar=False, sync_dist=True)
+        if self.phase == "disentangle":
+            self.log("val/score", metrics["val/recon_l1"], sync_dist=True)
+
+    def _keyed_metrics(self, x: Tensor, z: Tensor) -> dict[str, Tensor]:
+        m = self.model
+        assert m is not None
+        n = x.shape[0]
+        cond_a = m.key_scheme(VALIDATION_KEYS[0], batch_size=n).to(x.device)
+        cond_b = m.key_scheme(VALIDATION_KEYS[1], batch_size=n).to(x.device)
+        anon_a, rec = m.anonymize_and_recover(x, cond_a)
+        anon_b = m.anonymize(x, cond_b)
+        wrong = m.recover(anon_a.image, cond_b)
+        cos = lambda img: F.cosine_similarity(m.identity_encoder(img), z).mean()  # noqa: E731
+        latent_error = (m.flow.inverse(anon_a.anonymized_identity, cond_a) - z).abs().max()
+        metrics = {
+            "val/anon_id_cos": cos(anon_a.image),
+            "val/recovered_id_cos": cos(rec.image),
+            "val/wrong_key_id_cos": cos(wrong.image),
+            "val/two_key_id_cos": F.cosine_similarity(m.identity_encoder(anon_a.image),
+                                                      m.identity_encoder(anon_b.image)).mean(),
+            "val/recovered_psnr": kornia.metrics.psnr((rec.image + 1) / 2, (x + 1) / 2, 1.0),
+            "val/latent_roundtrip_error": latent_error,
+        }
+        # one number to pick the best checkpoint by: recovery high, everything else low
+        metrics["val/score"] = (metrics["val/anon_id_cos"] + metrics["val/wrong_key_id_cos"]
+                                + metrics["val/two_key_id_cos"] - metrics["val/recovered_id_cos"])
+        return metrics
+
+    def _log_verification(self, embeddings: Tensor, labels: Tensor) -> None:
+        cos = embeddings @ embeddings.T
+        same = labels[:, None] == labels[None, :]
+        off_diagonal = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+        same_pairs, diff_pairs = cos[same & off_diagonal], cos[~same]
+        if len(same_pairs) and len(diff_pairs):
+            gap = same_pairs.mean() - diff_pairs.mean()
+            self.log_dict({"val/same_id_cos": same_pairs.mean(), "val/diff_id_cos": diff_pairs.mean(),
+                           "val/score": -gap}, sync_dist=True)
+
+    # -- samples ---------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_grid(self, images: Tensor) -> Tensor | None:
+        """Columns: original | anonymized (key A) | anonymized (key B) | recovered | wrong-key recovery;
+        phase 1 shows original | reconstruction. Returns a [0, 1] image (3, H, W)."""
+        import torchvision
+
+        if self.model is None:
+            return None
+        images = images[: self.val_sample_count]
+        n = images.shape[0]
+        was_training = self.training
+        self.eval()
+        try:
+            m = self.model
+            columns = [images]
+            if self.phase == "disentangle":
+                columns.append(m.reconstruct(images))
+            else:
+                cond_a = m.key_scheme(VALIDATION_KEYS[0], batch_size=n).to(images.device)
+                cond_b = m.key_scheme(VALIDATION_KEYS[1], batch_size=n).to(images.device)
+                anon_a, rec = m.anonymize_and_recover(images, cond_a)
+                columns += [anon_a.image, m.anonymize(images, cond_b).image, rec.image,
+                            m.recover(anon_a.image, cond_b).image]
+        finally:
+            self.train(was_training)
+        rows = torch.stack(columns, dim=1).flatten(0, 1)
+        return torchvision.utils.make_grid((rows.clamp(-1, 1) + 1) / 2, nrow=len(columns), padding=2)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ifadit_phase"] = self.phase
+
+
+def _canonical(key: str) -> str:
+    """A checkpoint key with its phase-specific container removed (``model.``, or ``recognizer.`` for the
+    identity encoder trained in the recognizer phase)."""
+    if key.startswith("recognizer."):
+        return "identity_encoder." + key[len("recognizer."):]
+    return key[len("model."):] if key.startswith("model.") else key
