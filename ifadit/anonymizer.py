@@ -96,7 +96,9 @@ class IFADIT(nn.Module):
         identity = self.identity_encoder(images)
         attributes = self.attribute_encoder(images)
         anonymized_identity, _ = self._flow()(identity, cond)
-        return Anonymized(self.render(anonymized_identity, attributes), identity, attributes, anonymized_identity)
+        return Anonymized(
+            self.render(anonymized_identity, attributes), identity, attributes, anonymized_identity
+        )
 
     def flow_input_from_image(self, images: Tensor) -> Tensor:
         """C(E_id(x_anon)): the estimate of the flow output that produced an anonymized image."""

@@ -1,5 +1,8 @@
 """The ``ifadit`` command. Thin: every subcommand parses its options and calls library code.
 
+``fit``, ``validate``, ``test`` and ``predict`` go to the LightningCLI in :mod:`ifadit.lightning_cli`
+(``ifadit fit --help``); the other subcommands are parsed here.
+
 Expected failures (bad key file, unknown plugin, missing weights, bad config) end in one line on stderr
 and exit status 2; they never print key material.
 """
@@ -14,6 +17,7 @@ from ifadit import registry
 from ifadit.keys import KeyFileError, SecretKey, load_passphrase_file
 from ifadit.weights import WeightsError
 
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 EXPECTED_ERRORS = (KeyFileError, registry.RegistryError, WeightsError, ValueError, OSError)
 
 
@@ -52,7 +56,9 @@ def _read_secret(args: argparse.Namespace) -> SecretKey:
     if args.passphrase_file:
         if not args.salt:
             raise ValueError("--passphrase-file needs --salt (hex) so the same key can be derived again")
-        return SecretKey.from_passphrase(load_passphrase_file(args.passphrase_file), salt=bytes.fromhex(args.salt))
+        return SecretKey.from_passphrase(
+            load_passphrase_file(args.passphrase_file), salt=bytes.fromhex(args.salt)
+        )
     raise ValueError("give --key KEYFILE or --passphrase-file FILE --salt HEX")
 
 
@@ -102,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for flow_demo.json")
     p.set_defaults(func=_cmd_demo)
 
+    for name in LIGHTNING_SUBCOMMANDS:  # listed for --help only: main() hands them to the LightningCLI
+        sub.add_parser(name, help=f"LightningCLI {name} (see 'ifadit {name} --help')", add_help=False)
+
     p = sub.add_parser("weights", help="list the pretrained checkpoints ifadit knows and which are present")
     p.add_argument("--no-verify", action="store_true", help="skip sha256 verification")
     p.set_defaults(func=_cmd_weights)
@@ -109,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
+        from ifadit.lightning_cli import cli_main
+
+        cli_main(argv)
+        return 0
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

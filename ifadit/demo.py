@@ -49,8 +49,14 @@ def _mean_cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def train_flow(
-    flow: KeyedFlow, scheme: KeyScheme, identities: torch.Tensor, steps: int, batch_size: int, lr: float,
-    margin: float, seed: int,
+    flow: KeyedFlow,
+    scheme: KeyScheme,
+    identities: torch.Tensor,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    margin: float,
+    seed: int,
 ) -> None:
     """Anonymity ``max(cos(z, z_anon), m)``, two-key diversity ``max(cos(z_anon_a, z_anon_b), m)`` and a
     pull of anonymized identities towards the unit sphere."""
@@ -93,7 +99,9 @@ def evaluate(flow: KeyedFlow, scheme: KeyScheme, secret: SecretKey, z: torch.Ten
     }
 
 
-def run_flow_demo(config: dict[str, Any], secret: SecretKey, out_dir: str | Path | None = None) -> FlowDemoResult:
+def run_flow_demo(
+    config: dict[str, Any], secret: SecretKey, out_dir: str | Path | None = None
+) -> FlowDemoResult:
     """Build the flow and key scheme named in ``config``, train, evaluate; write JSON to ``out_dir``."""
     train_cfg = {"steps": 300, "batch_size": 64, "lr": 1e-3, "margin": 0.1, **config.get("train", {})}
     data_cfg = {"train_identities": 1024, "test_identities": 256, "seed": 0, **config.get("data", {})}
@@ -101,13 +109,23 @@ def run_flow_demo(config: dict[str, Any], secret: SecretKey, out_dir: str | Path
     flow = registry.instantiate("flows", config["flow"])
     scheme = registry.instantiate("key_schemes", config["key_scheme"])
     if flow.cond_dim != scheme.dim:
-        raise ValueError(f"the flow's cond_dim ({flow.cond_dim}) differs from the key scheme's dim ({scheme.dim})")
+        raise ValueError(
+            f"the flow's cond_dim ({flow.cond_dim}) differs from the key scheme's dim ({scheme.dim})"
+        )
     seed = int(data_cfg["seed"])
     train_z = random_identities(int(data_cfg["train_identities"]), flow.dim, seed)
     test_z = random_identities(int(data_cfg["test_identities"]), flow.dim, seed + 1)
     start = time.perf_counter()
-    train_flow(flow, scheme, train_z, int(train_cfg["steps"]), int(train_cfg["batch_size"]),
-               float(train_cfg["lr"]), float(train_cfg["margin"]), seed)
+    train_flow(
+        flow,
+        scheme,
+        train_z,
+        int(train_cfg["steps"]),
+        int(train_cfg["batch_size"]),
+        float(train_cfg["lr"]),
+        float(train_cfg["margin"]),
+        seed,
+    )
     seconds = time.perf_counter() - start
     metrics = evaluate(flow, scheme, secret, test_z)
     result = FlowDemoResult(

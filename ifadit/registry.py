@@ -7,6 +7,7 @@ loaded lazily, one at a time, so a plugin that fails to import is reported and n
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as metadata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -112,10 +113,8 @@ def load_all(group: str) -> tuple[dict[str, Any], list[BrokenPlugin]]:
     """Import every plugin of a group; return the loaded ones and a report of those that failed."""
     loaded: dict[str, Any] = {}
     for name in available(group):
-        try:
+        with contextlib.suppress(RegistryError):  # get() records the failure in _broken
             loaded[name] = get(group, name)
-        except RegistryError:
-            pass  # recorded in _broken by get()
     broken = [b for (g, _), b in sorted(_broken.items()) if g == group]
     return loaded, broken
 

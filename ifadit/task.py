@@ -40,7 +40,9 @@ PHASES: tuple[str, ...] = ("recognizer", "disentangle", "flow", "joint")
 
 # Public, fixed validation keys: validation numbers stay comparable across epochs and runs. They are not
 # secrets (anyone can derive them from this source), and no user key is ever used in training or logged.
-VALIDATION_KEYS = tuple(SecretKey(hashlib.sha256(f"ifadit/validation-key/{i}".encode()).digest()) for i in range(2))
+VALIDATION_KEYS = tuple(
+    SecretKey(hashlib.sha256(f"ifadit/validation-key/{i}".encode()).digest()) for i in range(2)
+)
 
 
 @dataclass
@@ -103,13 +105,23 @@ class IFADITTask(L.LightningModule):
         losses: LossWeights | None = None,
         optimizer: OptimizerConfig | None = None,
         val_sample_count: int = 8,
+        predict_key_file: str | None = None,
     ) -> None:
         super().__init__()
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
         self.save_hyperparameters(
-            ignore=["identity_encoder", "attribute_encoder", "mapper", "generator", "flow", "key_scheme",
-                    "compensator", "losses", "optimizer"]
+            ignore=[
+                "identity_encoder",
+                "attribute_encoder",
+                "mapper",
+                "generator",
+                "flow",
+                "key_scheme",
+                "compensator",
+                "losses",
+                "optimizer",
+            ]
         )
         self.phase = phase
         self.losses = losses or LossWeights()
@@ -118,14 +130,16 @@ class IFADITTask(L.LightningModule):
         self.hparams["optimizer"] = asdict(self.optim)
         self.train_generator = train_generator
         self.val_sample_count = val_sample_count
+        self._predict_secret: SecretKey | None = None
         self.arcface_head: ArcFaceHead | None = None
         self.model: IFADIT | None = None
         self.recognizer: IdentityEncoder | None = None
         if phase == "recognizer":
             self.recognizer = identity_encoder
             if num_identities is not None:
-                self.arcface_head = ArcFaceHead(identity_encoder.embedding_dim, num_identities,
-                                                scale=arcface_scale, margin=arcface_margin)
+                self.arcface_head = ArcFaceHead(
+                    identity_encoder.embedding_dim, num_identities, scale=arcface_scale, margin=arcface_margin
+                )
         else:
             needed = {"attribute_encoder": attribute_encoder, "mapper": mapper, "generator": generator}
             if phase != "disentangle":
@@ -134,25 +148,38 @@ class IFADITTask(L.LightningModule):
             if missing:
                 raise ValueError(f"phase {phase!r} needs the components: {', '.join(missing)}")
             keyed = phase != "disentangle"
-            self.model = IFADIT(identity_encoder, attribute_encoder, mapper, generator,
-                                flow if keyed else None, key_scheme if keyed else None, compensator)
+            self.model = IFADIT(
+                identity_encoder,
+                attribute_encoder,
+                mapper,
+                generator,
+                flow if keyed else None,
+                key_scheme if keyed else None,
+                compensator,
+            )
         if init_from:
             self.load_components(init_from)
         self._configure_trainable()
+        self.train()  # Lightning never calls train() before fitting: frozen parts must start in eval mode
 
     @property
     def identity_encoder(self) -> IdentityEncoder:
         return self.recognizer if self.model is None else self.model.identity_encoder
 
-    # -- set-up ----------------------------------------------------------------------------------------------
+    # -- set-up ---
     def setup(self, stage: str) -> None:
         if self.phase == "recognizer" and self.arcface_head is None:
-            count = getattr(self.trainer.datamodule, "num_identities", None) if self.trainer else None
+            datamodule = self.trainer.datamodule if self.trainer else None
+            count = getattr(datamodule, "num_classes", None) or getattr(datamodule, "num_identities", None)
             if not count:
                 raise ValueError("the recognizer phase needs num_identities (or a datamodule that knows it)")
             self.hparams["num_identities"] = count
-            self.arcface_head = ArcFaceHead(self.identity_encoder.embedding_dim, count,
-                                            scale=self.hparams.arcface_scale, margin=self.hparams.arcface_margin)
+            self.arcface_head = ArcFaceHead(
+                self.identity_encoder.embedding_dim,
+                count,
+                scale=self.hparams.arcface_scale,
+                margin=self.hparams.arcface_margin,
+            )
 
     def _trainable_parts(self) -> list[nn.Module]:
         m = self.model
@@ -173,7 +200,7 @@ class IFADITTask(L.LightningModule):
         self.requires_grad_(False)
         for part in self._trainable_parts():
             _set_trainable(part, True)
-        # The key scheme keeps its own choice (a frozen random mapping by default), trained only with the flow.
+        # The key scheme keeps its own choice (frozen random mapping by default), trained only with the flow.
         for param, flag in key_scheme_trainable.items():
             param.requires_grad_(flag and self.phase in ("flow", "joint"))
 
@@ -205,13 +232,15 @@ class IFADITTask(L.LightningModule):
                 continue
             if tuple(own[target].shape) != tuple(value.shape):
                 raise WeightsError(
-                    f"{path}: tensor {key!r} has shape {tuple(value.shape)} but {tuple(own[target].shape)} here"
+                    f"{path}: tensor {key!r} has shape {tuple(value.shape)}, here {tuple(own[target].shape)}"
                 )
             updates[target] = value
         loaded = {_canonical(k) for k in updates}
         for prefix in self._needed_from_previous_phase():
             if not any(k.startswith(prefix) for k in loaded):
-                raise WeightsError(f"{path} has no weights for {prefix.rstrip('.')!r}, which phase {self.phase!r} needs")
+                raise WeightsError(
+                    f"{path} has no weights for {prefix.rstrip('.')!r}, which phase {self.phase!r} needs"
+                )
         self.load_state_dict(updates, strict=False)
 
     def _needed_from_previous_phase(self) -> list[str]:
@@ -233,7 +262,7 @@ class IFADITTask(L.LightningModule):
             groups.append({"params": gen, "lr": self.optim.generator_lr or self.optim.lr})
         return torch.optim.Adam(groups, betas=self.optim.betas, weight_decay=self.optim.weight_decay)
 
-    # -- losses ------------------------------------------------------------------------------------------------
+    # -- losses ---
     def _reconstruction_terms(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         m, w = self.model, self.losses
         assert m is not None
@@ -293,14 +322,17 @@ class IFADITTask(L.LightningModule):
         if needs_recovery:
             flow_input = f_a if m.compensator is None else m.compensator(f_a)
             if w.latent_recovery and m.compensator is not None:
-                terms["latent_recovery"] = w.latent_recovery * F.mse_loss(flow_input, z_a.detach()) * z.shape[1]
+                terms["latent_recovery"] = (
+                    w.latent_recovery * F.mse_loss(flow_input, z_a.detach()) * z.shape[1]
+                )
             a_anon = m.attribute_encoder(x_a)
             if w.recovery_identity or w.recovery_image:
                 z_rec = m.flow.inverse(flow_input, cond_a)
                 x_rec = m.render(z_rec, a_anon)
                 if w.recovery_identity:
-                    terms["recovery_identity"] = w.recovery_identity * identity_loss(m.identity_encoder(x_rec), z,
-                                                                                     w.margin)
+                    terms["recovery_identity"] = w.recovery_identity * identity_loss(
+                        m.identity_encoder(x_rec), z, w.margin
+                    )
                 if w.recovery_image:
                     terms["recovery_image"] = w.recovery_image * F.l1_loss(x_rec, x)
             if w.wrong_key:
@@ -328,26 +360,48 @@ class IFADITTask(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    # -- validation ----------------------------------------------------------------------------------------------
+    # -- validation ---
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: dict[str, Tensor], stage: str) -> None:
+        """Identity verification (recognizer), reconstruction, and with a flow the keyed metrics, judged
+        by the model's own identity encoder (``ifadit.metrics`` judges with an independent recognizer)."""
         x = batch["image"]
         if self.phase == "recognizer":
-            self._log_verification(self.identity_encoder(x), batch["identity"])
+            self._log_verification(self.identity_encoder(x), batch["identity"], stage)
             return
         m = self.model
         assert m is not None
         z = m.identity_encoder(x)
         x_hat = m.reconstruct(x)
         metrics = {
-            "val/recon_l1": F.l1_loss(x_hat, x),
-            "val/recon_psnr": kornia.metrics.psnr((x_hat + 1) / 2, (x + 1) / 2, 1.0),
-            "val/recon_id_cos": F.cosine_similarity(m.identity_encoder(x_hat), z).mean(),
+            "recon_l1": F.l1_loss(x_hat, x),
+            "recon_psnr": kornia.metrics.psnr((x_hat + 1) / 2, (x + 1) / 2, 1.0),
+            "recon_id_cos": F.cosine_similarity(m.identity_encoder(x_hat), z).mean(),
         }
-        if self.phase in ("flow", "joint"):
-            metrics.update(self._keyed_metrics(x, z))
-        self.log_dict(metrics, prog_bar=False, sync_dist=True)
         if self.phase == "disentangle":
-            self.log("val/score", metrics["val/recon_l1"], sync_dist=True)
+            metrics["score"] = metrics["recon_l1"]
+        else:
+            metrics.update(self._keyed_metrics(x, z))
+        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, sync_dist=True)
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Anonymize and recover with the key in ``predict_key_file`` (read here, never stored)."""
+        m = self.model
+        if m is None or not m.keyed:
+            raise ValueError("predict needs a trained flow: run it on a flow-phase checkpoint")
+        if not self.hparams.get("predict_key_file"):
+            raise ValueError("predict needs --model.predict_key_file KEYFILE (written by 'ifadit keygen')")
+        if self._predict_secret is None:
+            self._predict_secret = SecretKey.load(self.hparams.predict_key_file)
+        x = batch["image"]
+        cond = m.key_scheme(self._predict_secret, batch_size=x.shape[0]).to(x.device)
+        anonymized, recovered = m.anonymize_and_recover(x, cond)
+        return {"image": x, "anonymized": anonymized.image, "recovered": recovered.image}
 
     def _keyed_metrics(self, x: Tensor, z: Tensor) -> dict[str, Tensor]:
         m = self.model
@@ -361,30 +415,41 @@ class IFADITTask(L.LightningModule):
         cos = lambda img: F.cosine_similarity(m.identity_encoder(img), z).mean()  # noqa: E731
         latent_error = (m.flow.inverse(anon_a.anonymized_identity, cond_a) - z).abs().max()
         metrics = {
-            "val/anon_id_cos": cos(anon_a.image),
-            "val/recovered_id_cos": cos(rec.image),
-            "val/wrong_key_id_cos": cos(wrong.image),
-            "val/two_key_id_cos": F.cosine_similarity(m.identity_encoder(anon_a.image),
-                                                      m.identity_encoder(anon_b.image)).mean(),
-            "val/recovered_psnr": kornia.metrics.psnr((rec.image + 1) / 2, (x + 1) / 2, 1.0),
-            "val/latent_roundtrip_error": latent_error,
+            "anon_id_cos": cos(anon_a.image),
+            "recovered_id_cos": cos(rec.image),
+            "wrong_key_id_cos": cos(wrong.image),
+            "two_key_id_cos": F.cosine_similarity(
+                m.identity_encoder(anon_a.image), m.identity_encoder(anon_b.image)
+            ).mean(),
+            "recovered_psnr": kornia.metrics.psnr((rec.image + 1) / 2, (x + 1) / 2, 1.0),
+            "latent_roundtrip_error": latent_error,
         }
         # one number to pick the best checkpoint by: recovery high, everything else low
-        metrics["val/score"] = (metrics["val/anon_id_cos"] + metrics["val/wrong_key_id_cos"]
-                                + metrics["val/two_key_id_cos"] - metrics["val/recovered_id_cos"])
+        metrics["score"] = (
+            metrics["anon_id_cos"]
+            + metrics["wrong_key_id_cos"]
+            + metrics["two_key_id_cos"]
+            - metrics["recovered_id_cos"]
+        )
         return metrics
 
-    def _log_verification(self, embeddings: Tensor, labels: Tensor) -> None:
+    def _log_verification(self, embeddings: Tensor, labels: Tensor, stage: str) -> None:
         cos = embeddings @ embeddings.T
         same = labels[:, None] == labels[None, :]
         off_diagonal = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
         same_pairs, diff_pairs = cos[same & off_diagonal], cos[~same]
         if len(same_pairs) and len(diff_pairs):
             gap = same_pairs.mean() - diff_pairs.mean()
-            self.log_dict({"val/same_id_cos": same_pairs.mean(), "val/diff_id_cos": diff_pairs.mean(),
-                           "val/score": -gap}, sync_dist=True)
+            self.log_dict(
+                {
+                    f"{stage}/same_id_cos": same_pairs.mean(),
+                    f"{stage}/diff_id_cos": diff_pairs.mean(),
+                    f"{stage}/score": -gap,
+                },
+                sync_dist=True,
+            )
 
-    # -- samples ---------------------------------------------------------------------------------------------------
+    # -- samples ---
     @torch.no_grad()
     def sample_grid(self, images: Tensor) -> Tensor | None:
         """Columns: original | anonymized (key A) | anonymized (key B) | recovered | wrong-key recovery;
@@ -406,8 +471,12 @@ class IFADITTask(L.LightningModule):
                 cond_a = m.key_scheme(VALIDATION_KEYS[0], batch_size=n).to(images.device)
                 cond_b = m.key_scheme(VALIDATION_KEYS[1], batch_size=n).to(images.device)
                 anon_a, rec = m.anonymize_and_recover(images, cond_a)
-                columns += [anon_a.image, m.anonymize(images, cond_b).image, rec.image,
-                            m.recover(anon_a.image, cond_b).image]
+                columns += [
+                    anon_a.image,
+                    m.anonymize(images, cond_b).image,
+                    rec.image,
+                    m.recover(anon_a.image, cond_b).image,
+                ]
         finally:
             self.train(was_training)
         rows = torch.stack(columns, dim=1).flatten(0, 1)
@@ -421,5 +490,5 @@ def _canonical(key: str) -> str:
     """A checkpoint key with its phase-specific container removed (``model.``, or ``recognizer.`` for the
     identity encoder trained in the recognizer phase)."""
     if key.startswith("recognizer."):
-        return "identity_encoder." + key[len("recognizer."):]
-    return key[len("model."):] if key.startswith("model.") else key
+        return "identity_encoder." + key[len("recognizer.") :]
+    return key[len("model.") :] if key.startswith("model.") else key

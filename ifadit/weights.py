@@ -98,9 +98,8 @@ def load_checkpoint(path: str | os.PathLike[str], weights_only: bool = True) -> 
     except FileNotFoundError as exc:
         raise WeightsError(f"checkpoint file not found: {path}") from exc
     except Exception as exc:
-        raise WeightsError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        ) from exc
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise WeightsError(f"cannot read checkpoint {path}: {type(exc).__name__}: {first_line}") from exc
 
 
 def strip_prefix(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:

@@ -17,8 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_plugins_lists_every_group(capsys):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    for group in ("flows:", "key_schemes:", "identity_encoders:", "attribute_encoders:", "generators:",
-                  "recognizers:"):
+    for group in (
+        "flows:",
+        "key_schemes:",
+        "identity_encoders:",
+        "attribute_encoders:",
+        "generators:",
+        "recognizers:",
+    ):
         assert group in out
     assert "glow" in out and "ifadit.flows.glow:GlowFlow" in out and "[ifadit]" in out
 
@@ -54,7 +60,9 @@ def test_demo_runs_and_recovers(tmp_path, capsys):
         "train: {steps: 40, batch_size: 32, lr: 3.0e-3}\n"
         "data: {train_identities: 128, test_identities: 64}\n"
     )
-    assert main(["demo", "--config", str(config), "--key", str(tmp_path / "k.key"), "--out", str(tmp_path)]) == 0
+    assert (
+        main(["demo", "--config", str(config), "--key", str(tmp_path / "k.key"), "--out", str(tmp_path)]) == 0
+    )
     out = capsys.readouterr().out
     result = json.loads((tmp_path / "flow_demo.json").read_text())
     assert result["key_fingerprint"] == key.fingerprint and key.fingerprint in out
@@ -70,7 +78,10 @@ def test_demo_runs_and_recovers(tmp_path, capsys):
     ("setup", "expected"),
     [
         (lambda d: ["--key", str(d / "missing.key")], "key file not found"),
-        (lambda d: (d / "bad.key").write_text("nonsense\n") and ["--key", str(d / "bad.key")], "not an ifadit key"),
+        (
+            lambda d: (d / "bad.key").write_text("nonsense\n") and ["--key", str(d / "bad.key")],
+            "not an ifadit key",
+        ),
         (lambda d: [], "give --key"),
         (lambda d: ["--key", str(d / "k.key"), "--config", str(d / "nope.yaml")], "config file not found"),
     ],
@@ -83,6 +94,11 @@ def test_demo_bad_input_is_one_line(tmp_path, capsys, setup, expected):
 
 
 def test_console_script_entry_point():
-    out = subprocess.run([sys.executable, "-m", "ifadit.cli", "plugins", "--group", "key_schemes"],
-                         capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "ifadit.cli", "plugins", "--group", "key_schemes"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
     assert "mapping" in out and "bits" in out

@@ -30,7 +30,7 @@ def test_unknown_name_and_group_list_what_exists():
         registry.get("flows", "glw")
     message = str(info.value)
     assert "'glw'" in message and "glow" in message and "realnvp" in message
-    with pytest.raises(registry.RegistryError, match="unknown plugin group 'flow'.*flows"):
+    with pytest.raises(registry.RegistryError, match=r"unknown plugin group 'flow'.*flows"):
         registry.available("flow")
 
 

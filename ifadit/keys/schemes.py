@@ -48,7 +48,9 @@ class KeyScheme(nn.Module, ABC):
             return tensor.device
         return torch.device("cpu")
 
-    def raw(self, secret: SecretLike, batch_size: int | None = None, device: torch.device | None = None) -> Tensor:
+    def raw(
+        self, secret: SecretLike, batch_size: int | None = None, device: torch.device | None = None
+    ) -> Tensor:
         secrets = [secret] if isinstance(secret, SecretKey) else list(secret)
         if not secrets or not all(isinstance(s, SecretKey) for s in secrets):
             raise TypeError("expected a SecretKey or a non-empty sequence of SecretKeys")
@@ -60,7 +62,9 @@ class KeyScheme(nn.Module, ABC):
                 raise ValueError(f"got {len(secrets)} secrets for a batch of {batch_size}")
         return raw.to(device or self._device())
 
-    def forward(self, secret: SecretLike, batch_size: int | None = None, device: torch.device | None = None) -> Tensor:
+    def forward(
+        self, secret: SecretLike, batch_size: int | None = None, device: torch.device | None = None
+    ) -> Tensor:
         """Condition vectors (B, dim): one secret broadcast over ``batch_size``, or one secret per sample."""
         return self.embed(self.raw(secret, batch_size, device))
 
@@ -102,7 +106,9 @@ class MappingKeyScheme(KeyScheme):
         for _ in range(num_layers):
             linear = nn.Linear(dim, dim)
             with torch.no_grad():
-                linear.weight.normal_(0.0, math.sqrt(2.0 / (1 + 0.2**2)) / math.sqrt(dim), generator=generator)
+                linear.weight.normal_(
+                    0.0, math.sqrt(2.0 / (1 + 0.2**2)) / math.sqrt(dim), generator=generator
+                )
                 linear.bias.copy_(-activation_mean * linear.weight.sum(dim=1))
             layers += [linear, nn.LeakyReLU(0.2)]
             activation_mean = 0.8 / math.sqrt(2 * math.pi)

@@ -53,7 +53,12 @@ class SecretKey:
 
     @classmethod
     def from_passphrase(
-        cls, passphrase: str | bytes, salt: bytes | None = None, *, n: int | None = None, r: int | None = None,
+        cls,
+        passphrase: str | bytes,
+        salt: bytes | None = None,
+        *,
+        n: int | None = None,
+        r: int | None = None,
         p: int | None = None,
     ) -> SecretKey:
         """Derive a key with scrypt. Without ``salt`` a random one is drawn; it is kept in ``kdf`` (not
@@ -93,10 +98,12 @@ class SecretKey:
     def __format__(self, spec: str) -> str:
         return repr(self)
 
-    # -- key material, for the key schemes only ---------------------------------------------------------------
+    # -- key material, for the key schemes only ---
     def expand(self, context: bytes, n_bytes: int) -> bytes:
         """Stable, domain-separated expansion (SHAKE-256) of the key into ``n_bytes`` for one purpose."""
-        return hashlib.shake_256(b"ifadit/expand/v1\x00" + context + b"\x00" + self.__material).digest(n_bytes)
+        return hashlib.shake_256(b"ifadit/expand/v1\x00" + context + b"\x00" + self.__material).digest(
+            n_bytes
+        )
 
     def with_bit_flipped(self, index: int) -> SecretKey:
         """The key one bit away (for the security metrics: a near-miss key must not recover the face)."""
@@ -150,7 +157,7 @@ class SecretKey:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SecretKey:
-        """Read a key file written by :meth:`save`; every failure is one line naming the file, never its content."""
+        """Read a key file from :meth:`save`; each failure is one line naming the file, never its content."""
         path = Path(path)
         try:
             text = path.read_text(encoding="ascii")
@@ -175,7 +182,9 @@ class SecretKey:
             raise KeyFileError(f"{path} is not an ifadit key file (missing '{FILE_MAGIC}' header)")
         version = header[len(FILE_MAGIC) + 1 :]
         if version != f"v{FILE_VERSION}":
-            raise KeyFileError(f"key file {path} has unsupported version {version[:10]!r}; expected v{FILE_VERSION}")
+            raise KeyFileError(
+                f"key file {path} has unsupported version {version[:10]!r}; expected v{FILE_VERSION}"
+            )
         if "secret" not in fields:
             raise KeyFileError(f"malformed key file {path}: no 'secret' line")
         try:

@@ -309,7 +309,9 @@ class PSPEncoder(AttributeEncoder):
             raise ValueError("give checkpoint (a whole pSp/e4e encoder) or backbone_checkpoint, not both")
         if encoder_type is not None and encoder_type not in ENCODER_TYPES:
             raise ValueError(f"encoder_type must be one of {ENCODER_TYPES}, got {encoder_type!r}")
-        ckpt = read_psp_checkpoint(_resolve(checkpoint, "psp-ffhq-encode"), allow_pickle) if checkpoint else None
+        ckpt = None
+        if checkpoint:
+            ckpt = read_psp_checkpoint(_resolve(checkpoint, "psp-ffhq-encode"), allow_pickle)
         if ckpt is not None:
             if output_size is not None and n_styles_for(output_size) != ckpt.n_styles:
                 raise WeightsError(

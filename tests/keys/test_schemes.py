@@ -14,10 +14,14 @@ from ifadit.keys import BitsKeyScheme, KeyScheme, MappingKeyScheme, SecretKey
 FIXED = SecretKey(bytes(range(32)))
 # Pinned answers for the fixed key: the construction is versioned; changing it must fail this test.
 KAT = {
-    "mapping": ("0fcdeadebb0ab08d3f72b234bf953854d21c4c956f36bf7e1290d6e000d8ad3e",
-                [0.8649243712425232, 0.9607097506523132, 0.6108370423316956, 0.900540828704834]),
-    "bits": ("91b5f36c14b2f94fb720122436d8c1211a40d2b60e6579b06c6709a8b5887d74",
-             [1.0, 1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0]),
+    "mapping": (
+        "0fcdeadebb0ab08d3f72b234bf953854d21c4c956f36bf7e1290d6e000d8ad3e",
+        [0.8649243712425232, 0.9607097506523132, 0.6108370423316956, 0.900540828704834],
+    ),
+    "bits": (
+        "91b5f36c14b2f94fb720122436d8c1211a40d2b60e6579b06c6709a8b5887d74",
+        [1.0, 1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0],
+    ),
 }
 
 
@@ -27,8 +31,11 @@ def test_expansion_follows_the_documented_shake256_construction():
     words = np.frombuffer(stream, dtype=">u4") >> 9
     expected = (0.5 + words / 2.0**24).astype(np.float32)
     np.testing.assert_array_equal(MappingKeyScheme(512).expand(FIXED), expected)
-    bits = np.unpackbits(np.frombuffer(hashlib.shake_256(b"ifadit/expand/v1\x00bits\x00" + material).digest(64),
-                                       dtype=np.uint8))
+    bits = np.unpackbits(
+        np.frombuffer(
+            hashlib.shake_256(b"ifadit/expand/v1\x00bits\x00" + material).digest(64), dtype=np.uint8
+        )
+    )
     np.testing.assert_array_equal(BitsKeyScheme(512).expand(FIXED), bits * 2.0 - 1.0)
 
 
@@ -45,7 +52,7 @@ def test_known_answers_in_a_fresh_process():
     for name, (digest, head) in KAT.items():
         got_digest, got_head = lines[name].split(" ", 1)
         assert got_digest == digest
-        assert eval(got_head)[: len(head)] == head  # noqa: S307 - our own subprocess output
+        assert eval(got_head)[: len(head)] == head
 
 
 def test_mapping_scheme_condition_is_reproducible_from_its_state_dict():
@@ -94,5 +101,7 @@ def test_generator_mapping_network_can_replace_the_own_mlp():
     mapping = torch.nn.Linear(8, 8)
     scheme.attach_mapping(mapping)
     raw = scheme.raw(FIXED)
-    torch.testing.assert_close(scheme(FIXED), mapping(raw))  # raw [0.5, 1) vector, as the official code feeds it
+    torch.testing.assert_close(
+        scheme(FIXED), mapping(raw)
+    )  # raw [0.5, 1) vector, as the official code feeds it
     assert "mapping.weight" not in "".join(scheme.state_dict())  # not saved twice
