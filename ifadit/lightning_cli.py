@@ -1,0 +1,236 @@
+"""``ifadit fit|validate|test|predict``: LightningCLI over :class:`~ifadit.task.IFADITTask` and
+:class:`~ifadit.data.FaceDataModule`, with MLflow as the default logger.
+
+Registered short names (``class_path: glow``, ``class_path: timm``) work for every component, in config
+files and on the command line (``--model.flow glow``): they are rewritten to import paths before
+jsonargparse sees them. Each run checkpoints into a stable folder,
+``outputs/checkpoints/<experiment>/<run name>``, so ``--ckpt_path last`` resumes it.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonargparse import Namespace
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from ifadit import registry
+from ifadit.task import IFADITTask
+from ifadit.tracking import (
+    DEFAULT_EXPERIMENT,
+    HyperparametersCallback,
+    ImageGridCallback,
+    MLflowSaveConfigCallback,
+    default_artifact_location,
+    mlflow_uri_default,
+    prepare_tracking_uri,
+)
+
+# The registry group of every component argument of IFADITTask.
+COMPONENT_GROUPS: dict[str, str] = {
+    "identity_encoder": "identity_encoders",
+    "attribute_encoder": "attribute_encoders",
+    "generator": "generators",
+    "flow": "flows",
+    "key_scheme": "key_schemes",
+    "mapper": "mappers",
+    "compensator": "mappers",
+}
+MLFLOW_LOGGER = "lightning.pytorch.loggers.MLFlowLogger"  # the default logger's class_path
+DEFAULT_DATAMODULE = "ifadit.data.FaceDataModule"
+CHECKPOINT_ROOT = Path("outputs") / "checkpoints"
+_CONFIG_FLAGS = ("-c", "--config")
+_COMPONENT_FLAG = re.compile(r"^--model\.(?P<key>\w+)(?:\.class_path)?$")
+
+
+class ArgsError(ValueError):
+    """A config file that cannot be read or names an unknown component."""
+
+
+def expand_config_text(text: str, source: str = "<config>") -> str:
+    """A YAML config with registered short names rewritten to import paths, as YAML text."""
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ArgsError(f"{source} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise ArgsError(f"{source} must hold a mapping at the top level")
+    try:
+        expanded = registry.expand_short_names(config, COMPONENT_GROUPS)
+    except registry.RegistryError as exc:
+        raise ArgsError(f"{source}: {exc}") from None
+    return yaml.safe_dump(expanded, sort_keys=False)
+
+
+def _expand_component_value(key: str, value: str) -> str:
+    group = COMPONENT_GROUPS.get(key)
+    if group is None or "." in value or value.lstrip().startswith(("{", "[")):
+        return value  # not a component, already a path, or an inline YAML/JSON object
+    try:
+        return registry.class_path(group, value)
+    except registry.RegistryError:
+        return value  # e.g. a bare class name jsonargparse resolves itself
+
+
+def _is_inline_yaml(value: str) -> bool:
+    """``--config '{trainer: {max_steps: 3}}'``: jsonargparse takes config text as well as a path."""
+    return value.lstrip().startswith("{") or "\n" in value
+
+
+def expand_args(args: Sequence[str]) -> tuple[list[str], list[Path]]:
+    """Command-line arguments with short names expanded, and the config files they named.
+
+    Every ``--config FILE`` is read here and handed on as YAML text (jsonargparse's ``--config`` accepts
+    either): the text holds no path of its own, so relative paths in it keep meaning "from the CWD".
+    """
+    out: list[str] = []
+    files: list[Path] = []
+    items = list(args)
+    i = 0
+    while i < len(items):
+        arg = items[i]
+        flag, sep, inline = arg.partition("=")
+        takes_next = not sep and i + 1 < len(items)
+        value = inline if sep else (items[i + 1] if takes_next else None)
+        step = 1 if sep else 2
+        if flag in _CONFIG_FLAGS and value is not None:
+            if _is_inline_yaml(value):
+                out += [flag, expand_config_text(value)]
+            else:
+                path = Path(value)
+                try:
+                    text = path.read_text(encoding="utf-8")
+                except OSError as exc:
+                    reason = exc.strerror or type(exc).__name__
+                    raise ArgsError(f"cannot read config file {value}: {reason}") from None
+                files.append(path)
+                out += [flag, expand_config_text(text, value)]
+            i += step
+            continue
+        match = _COMPONENT_FLAG.match(flag)
+        if match and value is not None:
+            out += [flag, _expand_component_value(match["key"], value)]
+            i += step
+            continue
+        out.append(arg)
+        i += 1
+    return out, files
+
+
+def default_run_name(config_files: Sequence[Path], phase: str | None) -> str:
+    """``<folder>-<stem>`` of the last config file (``synthfaces-flow``), else the phase: stable across
+    reruns of one recipe, which is what makes ``--ckpt_path last`` find the run's checkpoints."""
+    if config_files:
+        last = config_files[-1]
+        parent = last.resolve().parent.name
+        return f"{parent}-{last.stem}" if parent else last.stem
+    return phase or "run"
+
+
+def _logger_configs(trainer_config: Namespace) -> list[Namespace]:
+    loggers = trainer_config.get("logger")
+    if loggers is None or isinstance(loggers, bool):
+        return []
+    return [lg for lg in (loggers if isinstance(loggers, list) else [loggers]) if isinstance(lg, Namespace)]
+
+
+class IfaditCLI(LightningCLI):
+    """LightningCLI with ifadit's defaults: MLflow logging, checkpoints and sample grids per run.
+
+    Extra argument groups: ``--checkpoint.*`` (a :class:`ModelCheckpoint`: last + best by ``val/score``)
+    and ``--image_grid.*`` (:class:`~ifadit.tracking.ImageGridCallback`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.config_files: list[Path] = []
+        kwargs.setdefault("model_class", IFADITTask)
+        # any LightningDataModule via data.class_path; FaceDataModule when the config names none
+        kwargs.setdefault("datamodule_class", LightningDataModule)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("save_config_callback", MLflowSaveConfigCallback)
+        kwargs.setdefault("save_config_kwargs", {"save_to_log_dir": False})
+        kwargs.setdefault("trainer_defaults", default_trainer_settings())
+        kwargs.setdefault("auto_configure_optimizers", False)  # the task has its own model.optimizer
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/score",
+            "checkpoint.mode": "min",
+            "checkpoint.save_last": True,
+            "checkpoint.filename": "best-{epoch}-{step}",
+        })
+        parser.add_lightning_class_args(ImageGridCallback, "image_grid")
+        parser.set_defaults({"data": {"class_path": DEFAULT_DATAMODULE}})
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        if isinstance(args, dict | Namespace):
+            self.config = parser.parse_object(args)
+            return
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            argv, self.config_files = expand_args(argv)
+        except ArgsError as exc:
+            parser.error(str(exc))
+        self.config = parser.parse_args(argv)
+
+    def _active_config(self) -> Namespace:
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def before_instantiate_classes(self) -> None:
+        """Name the run, give its checkpoints the run's own folder, and place the sqlite store's folder and
+        artifacts. What is filled in here is part of the config stored with the run."""
+        config = self._active_config()
+        mlflow_loggers = [lg for lg in _logger_configs(config.trainer)
+                          if str(lg.get("class_path", "")).endswith(".MLFlowLogger")]
+        given_names = [lg.init_args.get("run_name") for lg in mlflow_loggers if lg.init_args.get("run_name")]
+        run_name = given_names[0] if given_names else default_run_name(self.config_files, config.model.phase)
+        experiment = DEFAULT_EXPERIMENT
+        for logger in reversed(mlflow_loggers):  # the first logger's experiment names the checkpoint folder
+            init = logger.init_args
+            experiment = init.get("experiment_name") or DEFAULT_EXPERIMENT
+            init.run_name = init.get("run_name") or run_name
+            init.tracking_uri = init.get("tracking_uri") or mlflow_uri_default()
+            prepare_tracking_uri(init.tracking_uri)
+            if not init.get("artifact_location"):
+                init.artifact_location = default_artifact_location(init.tracking_uri, experiment)
+        if config.checkpoint.get("dirpath") is None:
+            root_dir = config.trainer.get("default_root_dir")
+            root = Path(root_dir) / "checkpoints" if root_dir else CHECKPOINT_ROOT
+            config.checkpoint.dirpath = str(root / experiment / run_name)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """Adds the hyper-parameter logger and the learning-rate monitor when there is a logger."""
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        callbacks: list[Callback] = list(trainer_config.get("callbacks") or [])
+        if trainer_config.get("logger") is not False:
+            callbacks.append(HyperparametersCallback())
+            if not any(isinstance(cb, LearningRateMonitor) for cb in callbacks):
+                callbacks.append(LearningRateMonitor(logging_interval="step"))
+        return super().instantiate_trainer(callbacks=callbacks, **kwargs)
+
+
+def default_trainer_settings() -> dict[str, Any]:
+    return {
+        "logger": {
+            "class_path": MLFLOW_LOGGER,
+            "init_args": {"experiment_name": DEFAULT_EXPERIMENT, "tracking_uri": mlflow_uri_default()},
+        },
+        # HyperparametersCallback logs them after setup(), when the task's values are complete
+        "enable_autolog_hparams": False,
+    }
+
+
+def cli_main(args: Sequence[str] | None = None, **kwargs: Any) -> IfaditCLI:
+    """Run ``ifadit <subcommand> ...`` in this process; returns the CLI (model, trainer) for inspection."""
+    return IfaditCLI(args=list(args) if args is not None else None, **kwargs)

@@ -1,0 +1,245 @@
+"""MLflow helpers and callbacks, on a tiny module against a real sqlite store (no mocks of mlflow)."""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import torchvision
+import yaml
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from ifadit.tracking import (
+    DEFAULT_TRACKING_URI,
+    MAX_PARAM_KEY_LENGTH,
+    HyperparametersCallback,
+    ImageGridCallback,
+    MLflowSaveConfigCallback,
+    default_artifact_location,
+    flatten_params,
+    grid_to_uint8,
+    mlflow_uri_default,
+    prepare_tracking_uri,
+    sqlite_path,
+)
+
+QUIET_ONE_STEP = ["--trainer.max_steps", "1", "--trainer.enable_checkpointing", "false",
+                  "--trainer.enable_progress_bar", "false"]
+
+
+def _faces(count: int, seed: int) -> list[dict[str, Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(count, 3, 8, 8, generator=generator) * 2 - 1
+    return [{"image": images[i], "identity": torch.tensor(i % 2)} for i in range(count)]
+
+
+class RandomFaces(L.LightningDataModule):
+    """Batches in the FaceDataModule format: {"image": (B, 3, H, W) in [-1, 1], "identity": ...}."""
+
+    def __init__(self, train: int = 4, val: int = 4, batch_size: int = 2) -> None:
+        super().__init__()
+        self.train_set, self.val_set, self.batch_size = _faces(train, 1), _faces(val, 2), batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size)
+
+
+@dataclass
+class Weights:
+    first: float = 1.0
+    second: float = 0.5
+
+
+class GridModule(L.LightningModule):
+    """Records the images each ``sample_grid`` call received; the grid is the images themselves."""
+
+    def __init__(self, width: int = 3, with_grid: bool = True) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.hparams["weights"] = Weights()  # added after save_hyperparameters, like the task's losses
+        self.layer = nn.Linear(width, 1)
+        self.with_grid = with_grid
+        self.grid_inputs: list[Tensor] = []
+
+    def setup(self, stage: str) -> None:
+        self.hparams["from_setup"] = 8  # like the recognizer's num_identities
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.layer(batch["image"].mean(dim=(2, 3))).pow(2).mean()
+        self.log("train/loss", loss)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.log("val/score", self.layer(batch["image"].mean(dim=(2, 3))).mean())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def sample_grid(self, images: Tensor) -> Tensor | None:
+        self.grid_inputs.append(images.detach().cpu().clone())
+        if not self.with_grid:
+            return None
+        return torchvision.utils.make_grid((images + 1) / 2, nrow=2, padding=2)
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever a run writes relative to the CWD (outputs/, mlruns/) lands in the test's folder."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One sqlite store for the module (creating its tables is the slow part)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def _mlflow_logger(store: str, experiment: str, run_name: str) -> MLFlowLogger:
+    # artifacts beside the database (mlflow's own default is ./mlruns under whatever the CWD is)
+    return MLFlowLogger(experiment_name=experiment, tracking_uri=store, run_name=run_name,
+                        artifact_location=default_artifact_location(store, experiment))
+
+
+def _trainer(tmp_path: Path, logger: object, callbacks: list, **kwargs: object) -> L.Trainer:
+    settings = {"max_epochs": 2, "num_sanity_val_steps": 0, "enable_progress_bar": False,
+                "enable_model_summary": False, "enable_checkpointing": False, "log_every_n_steps": 1}
+    return L.Trainer(default_root_dir=tmp_path, logger=logger, callbacks=callbacks, accelerator="cpu",
+                     **{**settings, **kwargs})
+
+
+# -- store helpers -----------------------------------------------------------------------------------------
+
+
+def test_default_uri_is_the_local_sqlite_store_unless_the_environment_names_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert mlflow_uri_default() == DEFAULT_TRACKING_URI == "sqlite:///outputs/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert mlflow_uri_default() == "http://127.0.0.1:5000"
+
+
+def test_sqlite_paths_and_artifact_folder(tmp_path: Path) -> None:
+    assert sqlite_path("sqlite:///outputs/mlflow.db") == Path("outputs/mlflow.db")
+    assert sqlite_path(f"sqlite:///{tmp_path}/a/b.db") == tmp_path / "a" / "b.db"
+    assert sqlite_path("http://127.0.0.1:5000") is None
+    assert sqlite_path("sqlite:///:memory:") is None
+    assert default_artifact_location("sqlite:///outputs/mlflow.db", "exp") == str(
+        tmp_path / "outputs" / "mlartifacts" / "exp"
+    )
+    assert default_artifact_location("http://127.0.0.1:5000") is None
+    prepare_tracking_uri("sqlite:///deep/er/mlflow.db")
+    assert (tmp_path / "deep" / "er").is_dir()
+
+
+def test_flatten_params_uses_cli_style_names_within_mlflow_limits() -> None:
+    long_key = "k" * 300
+    flat = flatten_params({
+        "phase": "flow", "_instantiator": "x", "losses": {"l1": 1.0, "inner": {"deep": 2}},
+        "weights": Weights(), long_key: 1, "betas": (0.5, 0.99),
+    })
+    assert flat == {
+        "phase": "flow", "losses.l1": 1.0, "losses.inner.deep": 2, "weights.first": 1.0,
+        "weights.second": 0.5, "k" * MAX_PARAM_KEY_LENGTH: 1, "betas": (0.5, 0.99),
+    }
+
+
+# -- callbacks ---------------------------------------------------------------------------------------------
+
+
+def test_image_grids_go_to_mlflow_from_the_fixed_validation_batch(tmp_path: Path, store: str) -> None:
+    """2 steps per epoch, 2 epochs, a grid every 3 steps: validation grids at steps 2 and 4, a training
+    grid at step 3 — all three drawn from the first validation batch."""
+    logger = _mlflow_logger(store, "grids", "grids")
+    grids = ImageGridCallback(every_n_steps=3, num_images=2)
+    module = GridModule()
+    _trainer(tmp_path, logger, [grids]).fit(module, RandomFaces())
+    client = MlflowClient(store)
+    names = sorted(a.path for a in client.list_artifacts(logger.run_id, "samples"))
+    assert names == ["samples/step_000003.png", "samples/val_step_000002.png", "samples/val_step_000004.png"]
+    first_val_images = torch.stack([item["image"] for item in _faces(2, 2)])
+    assert len(module.grid_inputs) == 3
+    for images in module.grid_inputs:
+        torch.testing.assert_close(images, first_val_images)
+    local = client.download_artifacts(logger.run_id, "samples/step_000003.png", str(tmp_path / "dl"))
+    expected = grid_to_uint8(torchvision.utils.make_grid((first_val_images + 1) / 2, nrow=2, padding=2))
+    with Image.open(local) as image:
+        np.testing.assert_array_equal(np.asarray(image.convert("RGB")), expected)
+
+
+def test_training_grids_use_the_training_batch_until_validation_has_run(tmp_path: Path) -> None:
+    grids = ImageGridCallback(every_n_steps=1, num_images=2, on_validation=False)
+    module = GridModule()
+    _trainer(tmp_path, False, [grids], max_epochs=1).fit(module, RandomFaces())
+    train_images = torch.stack([item["image"] for item in _faces(4, 1)])
+    assert len(module.grid_inputs) == 2
+    torch.testing.assert_close(module.grid_inputs[0], train_images[:2])
+    torch.testing.assert_close(module.grid_inputs[1], train_images[2:])
+    # no MLflow logger: the PNGs go under the trainer's folder
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step_000001.png", "step_000002.png"]
+
+
+def test_no_grid_means_no_artifact_and_other_ranks_render_nothing(tmp_path: Path, store: str) -> None:
+    logger = _mlflow_logger(store, "grids", "no-grid")
+    module = GridModule(with_grid=False)
+    _trainer(tmp_path, logger, [ImageGridCallback(every_n_steps=1)]).fit(module, RandomFaces())
+    assert module.grid_inputs  # it was asked ...
+    assert MlflowClient(store).list_artifacts(logger.run_id, "samples") == []  # ... and stored nothing
+    other_rank = types.SimpleNamespace(global_step=5, is_global_zero=False)
+    asked = GridModule()
+    assert ImageGridCallback().log_grid(other_rank, asked, torch.zeros(1, 3, 8, 8)) is None
+    assert asked.grid_inputs == []
+
+
+def test_hyperparameters_are_logged_after_setup(tmp_path: Path, store: str) -> None:
+    logger = _mlflow_logger(store, "params", "params")
+    trainer = _trainer(tmp_path, logger, [HyperparametersCallback()], max_epochs=1,
+                       enable_autolog_hparams=False)
+    trainer.fit(GridModule(width=3), RandomFaces())
+    params = MlflowClient(store).get_run(logger.run_id).data.params
+    assert params == {"width": "3", "with_grid": "True", "weights.first": "1.0", "weights.second": "0.5",
+                      "from_setup": "8"}
+
+
+def test_save_config_callback_stores_the_resolved_config_as_an_artifact(tmp_path: Path, store: str) -> None:
+    """The stock SaveConfigCallback needs trainer.log_dir, which MLflow on sqlite lacks; this one logs
+    the config to the run instead."""
+    cli = LightningCLI(
+        GridModule, RandomFaces, save_config_callback=MLflowSaveConfigCallback,
+        trainer_defaults={"logger": {
+            "class_path": "lightning.pytorch.loggers.MLFlowLogger",
+            "init_args": {"tracking_uri": store, "experiment_name": "config",
+                          "artifact_location": default_artifact_location(store, "config")},
+        }},
+        args=["fit", "--model.width", "3", *QUIET_ONE_STEP],
+    )
+    run_id = cli.trainer.logger.run_id
+    local = MlflowClient(store).download_artifacts(run_id, "config.yaml", str(tmp_path / "dl"))
+    config = yaml.safe_load(Path(local).read_text())
+    assert config["model"]["width"] == 3
+    assert config["trainer"]["max_steps"] == 1
+
+
+def test_save_config_callback_without_mlflow_writes_into_the_log_folder(tmp_path: Path) -> None:
+    cli = LightningCLI(
+        GridModule, RandomFaces, save_config_callback=MLflowSaveConfigCallback,
+        trainer_defaults={"logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                     "init_args": {"save_dir": str(tmp_path / "csv"), "name": "run"}}},
+        args=["fit", "--model.width", "3", *QUIET_ONE_STEP],
+    )
+    assert isinstance(cli.trainer.logger, CSVLogger)
+    written = Path(cli.trainer.logger.log_dir) / "config.yaml"
+    assert yaml.safe_load(written.read_text())["model"]["width"] == 3
