@@ -1,0 +1,139 @@
+"""SynthFaces: a sample grid for the docs and the rendering / caching speed.
+
+Renders ``docs/synthfaces_grid.png`` (one identity per row, its images along the row; a copy at twice
+the size beside it) and times rendering 10,000 faces at 64 px (the goal: at most 60 s on 2 cores), a full
+dataset build (render all splits and write the cache) and a reload from that cache. Results go to
+``benchmarks/results/synthfaces.md``.
+Run: ``python benchmarks/synthfaces.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.utils import save_image
+
+from ifadit.data.synthfaces import (
+    SPLITS,
+    SynthFaces,
+    identity_param_array,
+    nuisance_param_array,
+    render_faces,
+)
+
+GOAL_SECONDS = 60.0
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def render_grid(path: Path, identities: int, images: int, size: int, seed: int) -> None:
+    ident = np.repeat(identity_param_array(seed, range(identities)), images, axis=0)
+    nuis = np.concatenate([nuisance_param_array(seed, i, images) for i in range(identities)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(
+        render_faces(ident, nuis, size), path, nrow=images, normalize=True, value_range=(-1, 1), padding=2
+    )
+
+
+def time_render(count: int, size: int, threads: int, seed: int) -> float:
+    """Seconds to draw the parameters of ``count`` faces (10 per identity) and render them."""
+    torch.set_num_threads(threads)
+    render_faces(
+        identity_param_array(seed, [0]).repeat(64, 0), nuisance_param_array(seed, 0, 64), size
+    )  # warm-up
+    start = time.perf_counter()
+    per = 10
+    ids = range(count // per)
+    ident = np.repeat(identity_param_array(seed, ids), per, axis=0)
+    nuis = np.concatenate([nuisance_param_array(seed, i, per) for i in ids])
+    render_faces(ident, nuis, size)
+    return time.perf_counter() - start
+
+
+def time_dataset(count: int, size: int, threads: int, seed: int) -> tuple[float, float, int]:
+    """Seconds to build every split (render + write the cache) and to load them back; cache bytes."""
+    torch.set_num_threads(threads)
+    kwargs = {"size": size, "num_identities": count // 10, "images_per_identity": 10, "seed": seed}
+    with tempfile.TemporaryDirectory() as root:
+        start = time.perf_counter()
+        built = [SynthFaces(root, split, **kwargs) for split in SPLITS]
+        build = time.perf_counter() - start
+        start = time.perf_counter()
+        loaded = [SynthFaces(root, split, **kwargs) for split in SPLITS]
+        load = time.perf_counter() - start
+        assert all(torch.equal(a.images, b.images) for a, b in zip(built, loaded, strict=True))
+        nbytes = sum(f.stat().st_size for f in Path(root).rglob("*") if f.is_file())
+    return build, load, nbytes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=10_000)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grid", type=Path, default=Path("docs/synthfaces_grid.png"))
+    parser.add_argument("--grid-size", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/synthfaces.md"))
+    args = parser.parse_args()
+
+    # The grid at the training size, and a larger copy where the details can be seen.
+    large = args.grid.with_name(f"{args.grid.stem}_{2 * args.grid_size}{args.grid.suffix}")
+    render_grid(args.grid, identities=8, images=8, size=args.grid_size, seed=args.seed)
+    render_grid(large, identities=8, images=8, size=2 * args.grid_size, seed=args.seed)
+    print(f"grids: {args.grid}, {large}")
+    rows = []
+    for threads in sorted({1, args.threads}):
+        seconds = time_render(args.count, args.size, threads, args.seed)
+        verdict = "yes" if seconds <= GOAL_SECONDS else "no"
+        rows.append(f"| render {args.count:,} faces | {threads} | {seconds:.1f} | {verdict} |")
+        print(f"render {args.count} faces at {args.size}px, {threads} thread(s): {seconds:.1f} s")
+    for threads in sorted({1, args.threads}):
+        build, load, nbytes = time_dataset(args.count, args.size, threads, args.seed)
+        print(f"dataset, {threads} thread(s): build all splits {build:.1f} s; reload {load:.2f} s")
+        rows.append(f"| build all splits (render + write cache) | {threads} | {build:.1f} | – |")
+        rows.append(f"| reload all splits from cache | {threads} | {load:.2f} | – |")
+
+    load_avg = " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = "\n".join(
+        [
+            f"SynthFaces — {stamp} — {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"CPython {platform.python_version()}",
+            f"({args.count:,} faces at {args.size}×{args.size}, 10 per identity, full nuisance; one run each "
+            f"after a warm-up; load average at the end {load_avg}; shared machine, times vary with load)",
+            "",
+            f"| what | threads | seconds | ≤ {GOAL_SECONDS:.0f} s |",
+            "|---|---:|---:|:---:|",
+            *rows,
+            "",
+            f"Cache on disk: {nbytes / 2**20:.1f} MiB (uint8 images + labels + attributes + manifests).",
+            f"Sample grids: `{args.grid}` (8 identities × 8 images, {args.grid_size} px, seed {args.seed}; "
+            f"one identity per row) and `{large}` (the same faces at {2 * args.grid_size} px).",
+            "",
+        ]
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
