@@ -6,7 +6,7 @@ PLUGINS := $(wildcard plugins/*/pyproject.toml)
 STAMP := $(VENV)/.ifadit-installed
 OUT := outputs/quickstart
 
-.PHONY: quickstart test lint bench-flows clean
+.PHONY: quickstart flow-demo test bench-flows clean
 
 $(STAMP): pyproject.toml $(PLUGINS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,10 +14,14 @@ $(STAMP): pyproject.toml $(PLUGINS)
 	touch $(STAMP)
 
 quickstart: $(STAMP)
-	mkdir -p $(OUT)
-	rm -f $(OUT)/demo.key
-	$(VENV)/bin/ifadit keygen $(OUT)/demo.key
-	$(VENV)/bin/ifadit demo --config recipes/quickstart/flow_demo.yaml --key $(OUT)/demo.key --out $(OUT)
+	IFADIT=$(VENV)/bin/ifadit OUT=$(OUT) bash recipes/quickstart/run.sh
+
+flow-demo: $(STAMP)
+	mkdir -p outputs/flow-demo
+	rm -f outputs/flow-demo/demo.key
+	$(VENV)/bin/ifadit keygen outputs/flow-demo/demo.key
+	$(VENV)/bin/ifadit demo --config recipes/quickstart/flow_demo.yaml --key outputs/flow-demo/demo.key \
+		--out outputs/flow-demo
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

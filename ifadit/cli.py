@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from ifadit import registry
 from ifadit.keys import KeyFileError, SecretKey, load_passphrase_file
-from ifadit.weights import WeightsError
+from ifadit.weights import WeightsError, load_checkpoint, load_state_dict_by_name
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 EXPECTED_ERRORS = (KeyFileError, registry.RegistryError, WeightsError, ValueError, OSError)
@@ -77,6 +79,41 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_task(config: str, checkpoint: str, strict: bool) -> tuple[Any, Any]:
+    """The task and datamodule a recipe describes, with a trained checkpoint's weights."""
+    from ifadit.lightning_cli import cli_main
+
+    cli = cli_main(["--config", config, "--model.init_from", "null", "--trainer.logger", "false"], run=False)
+    task = cli.model
+    if strict:
+        state = load_checkpoint(checkpoint, weights_only=True)
+        load_state_dict_by_name(task, state.get("state_dict", state), what=checkpoint)
+    else:
+        task.load_components(checkpoint)
+    return task, cli.datamodule
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from ifadit.evaluation import evaluate_headline, format_scores, write_scores
+
+    secret = _read_secret(args)
+    task, datamodule = _build_task(args.config, args.ckpt, strict=True)
+    judge_task, _ = _build_task(args.judge_config, args.judge_ckpt, strict=False)
+    if task.model is None or not task.model.keyed:
+        raise ValueError(f"{args.ckpt} is not a flow-phase model: score needs a trained flow")
+    datamodule.setup("test")
+    loader = {"test": datamodule.test_dataloader, "val": datamodule.val_dataloader}[args.split]()
+    out = Path(args.out)
+    scores = evaluate_headline(
+        task.model, judge_task.identity_encoder, loader, secret, grid_path=out / "grid.png"
+    )
+    write_scores(scores, out / "scores.json")
+    print(f"ifadit score: {args.split} split, judged by the recognizer in {args.judge_ckpt}")
+    print(format_scores(scores))
+    print(f"grid (original | anonymized key A | key B | recovered | wrong-key recovery): {out / 'grid.png'}")
+    return 0
+
+
 def _cmd_weights(args: argparse.Namespace) -> int:
     from ifadit.weights_report import format_weights_report, weights_report
 
@@ -110,6 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in LIGHTNING_SUBCOMMANDS:  # listed for --help only: main() hands them to the LightningCLI
         sub.add_parser(name, help=f"LightningCLI {name} (see 'ifadit {name} --help')", add_help=False)
+
+    p = sub.add_parser(
+        "score", help="anonymize and recover held-out faces with a key, judged by another recognizer"
+    )
+    p.add_argument("--config", required=True, help="the flow-phase recipe the checkpoint was trained with")
+    p.add_argument("--ckpt", required=True, help="the flow-phase checkpoint")
+    p.add_argument("--judge-config", required=True, help="the recipe of an independently trained recognizer")
+    p.add_argument("--judge-ckpt", required=True)
+    p.add_argument("--key", help="key file written by 'ifadit keygen'")
+    p.add_argument("--passphrase-file")
+    p.add_argument("--salt")
+    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument("--out", default="outputs/score")
+    p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("weights", help="list the pretrained checkpoints ifadit knows and which are present")
     p.add_argument("--no-verify", action="store_true", help="skip sha256 verification")
