@@ -18,23 +18,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from machine import cpu_name  # benchmarks/ is on sys.path when a script runs
 from torch import Tensor, nn
 
 from ifadit import registry
 from ifadit.flows.layers import mlp
 
 REFERENCE = "FrEIA AllInOneBlock ×{blocks} (reference)"
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def freia_reference(dim: int, cond_dim: int, num_blocks: int) -> nn.Module:

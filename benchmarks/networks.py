@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from machine import cpu_name  # benchmarks/ is on sys.path when a script runs
+
 BATCH = 4
 SIZE = 256
 N_STYLES = 14  # W+ of a 256 px StyleGAN2
@@ -159,17 +161,6 @@ def run_worker(name: str, args: argparse.Namespace, backward: bool) -> dict[str,
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"error": f"exit {proc.returncode}: {tail}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def fmt_ms(result: dict[str, Any] | None) -> str:

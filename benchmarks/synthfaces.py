@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name  # benchmarks/ is on sys.path when a script runs
 from torchvision.utils import save_image
 
 from ifadit.data.synthfaces import (
@@ -30,17 +31,6 @@ from ifadit.data.synthfaces import (
 )
 
 GOAL_SECONDS = 60.0
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def render_grid(path: Path, identities: int, images: int, size: int, seed: int) -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ifadit.nets.base import IdentityEncoder
+from ifadit.nets.image import resize_square
 from ifadit.nets.irse import IRBackbone, complete_batchnorm_counters, strip_data_parallel
 from ifadit.weights import (
     MANIFEST,
@@ -130,14 +130,7 @@ class ArcFaceEncoder(IdentityEncoder):
 
     def preprocess(self, images: Tensor) -> Tensor:
         """[-1, 1] images of any size -> the 112 px crops the backbone sees."""
-        if images.shape[-2:] != (self.input_size, self.input_size):
-            images = F.interpolate(
-                images,
-                size=(self.input_size, self.input_size),
-                mode="bilinear",
-                align_corners=False,
-                antialias=True,
-            )
+        images = resize_square(images, self.input_size)
         if self.crop is not None:
             top, bottom, left, right = self.crop
             images = images[:, :, top:bottom, left:right]

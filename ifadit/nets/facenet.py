@@ -18,10 +18,10 @@ import os
 import warnings
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from ifadit.nets.base import IdentityEncoder
+from ifadit.nets.image import resize_square
 from ifadit.nets.irse import complete_batchnorm_counters, strip_data_parallel
 from ifadit.weights import (
     WeightsError,
@@ -125,14 +125,7 @@ class FaceNetEncoder(IdentityEncoder):
     def forward(self, images: Tensor) -> Tensor:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected RGB images (batch, 3, H, W), got {tuple(images.shape)}")
-        if images.shape[-2:] != (self.input_size, self.input_size):
-            images = F.interpolate(
-                images,
-                size=(self.input_size, self.input_size),
-                mode="bilinear",
-                align_corners=False,
-                antialias=True,
-            )
+        images = resize_square(images, self.input_size)
         # InceptionResnetV1 built with classify=False already L2-normalises its output.
         return self.net(images * PIXEL_SCALE)
 

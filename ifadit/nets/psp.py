@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ifadit.nets.arcface import ARCFACE_IRSE50, read_treb1en_state_dict
 from ifadit.nets.base import AttributeEncoder
+from ifadit.nets.image import resize_square
 from ifadit.nets.irse import complete_batchnorm_counters, make_body, make_input_layer, stage_ends
 from ifadit.weights import (
     MANIFEST,
@@ -390,14 +391,7 @@ class PSPEncoder(AttributeEncoder):
         return super().train(False if self.frozen else mode)
 
     def forward(self, images: Tensor) -> Tensor:
-        if images.shape[-2:] != (self.input_size, self.input_size):
-            images = F.interpolate(
-                images,
-                size=(self.input_size, self.input_size),
-                mode="bilinear",
-                align_corners=False,
-                antialias=True,
-            )
+        images = resize_square(images, self.input_size)
         codes = self.encoder(images)
         if self.add_latent_avg:
             codes = codes + self.latent_avg

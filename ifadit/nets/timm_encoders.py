@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ifadit.nets.base import AttributeEncoder, IdentityEncoder
+from ifadit.nets.image import resize_square
 from ifadit.weights import load_checkpoint, load_state_dict_by_name, strip_prefix
 
 
@@ -40,14 +41,8 @@ class _ImageAdapter(nn.Module):
             raise ValueError(
                 f"expected images (batch, {self.mean.shape[1]}, H, W), got {tuple(images.shape)}"
             )
-        if self.in_size is not None and images.shape[-2:] != (self.in_size, self.in_size):
-            images = F.interpolate(
-                images,
-                size=(self.in_size, self.in_size),
-                mode="bilinear",
-                align_corners=False,
-                antialias=True,
-            )
+        if self.in_size is not None:
+            images = resize_square(images, self.in_size)
         return ((images + 1) / 2 - self.mean) / self.std
 
 
