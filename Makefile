@@ -6,22 +6,23 @@ PLUGINS := $(wildcard plugins/*/pyproject.toml)
 STAMP := $(VENV)/.ifadit-installed
 OUT := outputs/quickstart
 
-.PHONY: quickstart flow-demo test bench-flows clean
+.PHONY: quickstart quickstart-train test bench-flows clean
 
 $(STAMP): pyproject.toml $(PLUGINS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
 	touch $(STAMP)
 
+# Until the image training chain meets its goals (issue 4), the main job is the flow demo.
 quickstart: $(STAMP)
-	IFADIT=$(VENV)/bin/ifadit OUT=$(OUT) bash recipes/quickstart/run.sh
+	mkdir -p $(OUT)
+	rm -f $(OUT)/demo.key
+	$(VENV)/bin/ifadit keygen $(OUT)/demo.key
+	$(VENV)/bin/ifadit demo --config recipes/quickstart/flow_demo.yaml --key $(OUT)/demo.key --out $(OUT)
 
-flow-demo: $(STAMP)
-	mkdir -p outputs/flow-demo
-	rm -f outputs/flow-demo/demo.key
-	$(VENV)/bin/ifadit keygen outputs/flow-demo/demo.key
-	$(VENV)/bin/ifadit demo --config recipes/quickstart/flow_demo.yaml --key outputs/flow-demo/demo.key \
-		--out outputs/flow-demo
+# The image chain on SynthFaces 64 px (recognizers, phase 1, phase 2, scoring): work in progress.
+quickstart-train: $(STAMP)
+	IFADIT=$(VENV)/bin/ifadit OUT=outputs/quickstart-train bash recipes/quickstart/run.sh
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

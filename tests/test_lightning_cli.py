@@ -9,6 +9,7 @@ The expensive part, one short fit per phase against a real sqlite store, runs on
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import subprocess
@@ -270,6 +271,30 @@ def test_validate_reads_a_checkpoint(
     metrics = validated.trainer.callback_metrics
     assert {"val/score", "val/recovered_id_cos", "val/anon_id_cos"} <= set(metrics)
     assert all(torch.isfinite(value) for value in metrics.values())
+
+
+def test_score_judges_a_flow_checkpoint_with_another_recognizer(chain: ChainRun, capsys) -> None:
+    """``ifadit score``: the user's key anonymizes and recovers the test split; written to the outputs
+    searched for key material below."""
+    out = chain.work / "outputs" / "score"
+    args = [
+        "score", "--config", str(CONF / "flow.yaml"),
+        "--ckpt", str(_run_checkpoint_dir(chain.work, "flow") / "last.ckpt"),
+        "--judge-config", str(CONF / "recognizer.yaml"),
+        "--judge-ckpt", str(_run_checkpoint_dir(chain.work, "recognizer") / "last.ckpt"),
+        "--key", str(chain.key_file), "--out", str(out), "--split", "val",
+    ]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(chain.work)
+        assert cli.main(args) == 0
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["key_fingerprint"] == SecretKey.load(chain.key_file).fingerprint
+    assert scores["images"] > 0 and scores["latent_roundtrip_max_error"] < 1e-5
+    for name, value in scores.items():
+        if name.startswith("judge_cos"):
+            assert -1.0 <= value <= 1.0, name
+    assert (out / "grid.png").stat().st_size > 0
+    assert "judge cos(original, recovered)" in capsys.readouterr().out
 
 
 def _runs_by_name(work: Path) -> dict[str, object]:
