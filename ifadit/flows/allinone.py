@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ifadit.flows.base import FlowLayer, KeyedFlow
+from ifadit.flows.base import FlowLayer, SequentialFlow
 from ifadit.flows.layers import mlp, permutation_index, tensor_version_key
 
 OFFICIAL_HIDDEN: tuple[int, ...] = (256, 128, 128, 256)
@@ -100,12 +100,14 @@ class AllInOneCoupling(FlowLayer):
         return torch.cat((y_passive, (y_active - shift) * torch.exp(-log_scale)), dim=1)
 
 
-class AllInOneFlow(KeyedFlow):
+class AllInOneFlow(SequentialFlow):
     """``num_blocks`` AllInOne blocks; with the defaults (``hidden=(256, 128, 128, 256)``, clamp 2.0,
     global affine init 1.0) at dim 512 / cond 512 this is exactly the official iFADIT flow.
 
     The module list is named ``module_list`` as in FrEIA's ``SequenceINN`` so checkpoints load by name.
     """
+
+    layer_list_name = "module_list"
 
     def __init__(
         self,
@@ -116,21 +118,8 @@ class AllInOneFlow(KeyedFlow):
         clamp: float = 2.0,
         global_affine_init: float = 1.0,
     ) -> None:
-        super().__init__(dim, cond_dim, num_blocks)
+        init = global_affine_init
+        blocks = (AllInOneCoupling(dim, cond_dim, hidden, clamp, init) for _ in range(num_blocks))
+        super().__init__(dim, cond_dim, num_blocks, blocks)
         self.hidden = tuple(hidden)
         self.clamp = clamp
-        self.module_list = nn.ModuleList(
-            AllInOneCoupling(dim, cond_dim, hidden, clamp, global_affine_init) for _ in range(num_blocks)
-        )
-
-    def _forward(self, z: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
-        logdet = z.new_zeros(z.shape[0])
-        for block in self.module_list:
-            z, block_logdet = block(z, cond)
-            logdet = logdet + block_logdet
-        return z, logdet
-
-    def _inverse(self, z: Tensor, cond: Tensor | None) -> Tensor:
-        for block in reversed(self.module_list):
-            z = block.inverse(z, cond)
-        return z

@@ -105,20 +105,29 @@ class KeyedFlow(nn.Module, ABC):
 
 
 class SequentialFlow(KeyedFlow):
-    """A flow that is a plain chain of :class:`FlowLayer` s (what most built-ins are)."""
+    """A flow that is a plain chain of :class:`FlowLayer` s (what most built-ins are).
+
+    ``layer_list_name`` is the attribute (hence the state-dict prefix) the chain lives under; a flow that
+    must load a foreign layout by name (FrEIA's ``module_list``) sets it."""
+
+    layer_list_name = "layers"
 
     def __init__(self, dim: int, cond_dim: int, num_blocks: int, layers: Iterable[FlowLayer]) -> None:
         super().__init__(dim, cond_dim, num_blocks)
-        self.layers = nn.ModuleList(layers)
+        setattr(self, self.layer_list_name, nn.ModuleList(layers))
+
+    @property
+    def chain(self) -> nn.ModuleList:
+        return getattr(self, self.layer_list_name)
 
     def _forward(self, z: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
         logdet = z.new_zeros(z.shape[0])
-        for layer in self.layers:
+        for layer in self.chain:
             z, ld = layer(z, cond)
             logdet = logdet + ld
         return z, logdet
 
     def _inverse(self, z: Tensor, cond: Tensor | None) -> Tensor:
-        for layer in reversed(self.layers):
+        for layer in reversed(self.chain):
             z = layer.inverse(z, cond)
         return z
