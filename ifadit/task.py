@@ -99,6 +99,7 @@ class IFADITTask(L.LightningModule):
         phase: Phase = "flow",
         init_from: str | None = None,
         train_generator: bool = True,
+        key_mapping_from_generator: bool = False,
         num_identities: int | None = None,
         arcface_scale: float = 32.0,
         arcface_margin: float = 0.3,
@@ -148,6 +149,11 @@ class IFADITTask(L.LightningModule):
             if missing:
                 raise ValueError(f"phase {phase!r} needs the components: {', '.join(missing)}")
             keyed = phase != "disentangle"
+            if keyed and key_mapping_from_generator:
+                # The paper's key mapper: the (frozen, pretrained) StyleGAN2 mapping network.
+                if not hasattr(key_scheme, "attach_mapping"):
+                    raise ValueError(f"{type(key_scheme).__name__} cannot use a generator's mapping network")
+                key_scheme.attach_mapping(generator.map)
             self.model = IFADIT(
                 identity_encoder,
                 attribute_encoder,
