@@ -55,6 +55,9 @@ class LossWeights:
     ssim: float = 0.5
     identity: float = 1.0  # E_id(G(M(z, a))) keeps z
     swap_identity: float = 0.5  # E_id(G(M(z_other, a))) carries z_other: the generator must use the identity
+    swap_pixel: float = (
+        0.0  # G(M(z_other, a)) equals the rendered swap (batch["swap_image"], SynthFaces only)
+    )
     # phase 2: the keyed identity transform
     anonymity: float = 1.0  # privacy: E_id(x_anon) far from z
     two_key_diversity: float = 1.0  # two keys give two identities
@@ -269,7 +272,9 @@ class IFADITTask(L.LightningModule):
         return torch.optim.Adam(groups, betas=self.optim.betas, weight_decay=self.optim.weight_decay)
 
     # -- losses ---
-    def _reconstruction_terms(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    def _reconstruction_terms(
+        self, x: Tensor, swap_target: Tensor | None = None
+    ) -> tuple[dict[str, Tensor], Tensor]:
         m, w = self.model, self.losses
         assert m is not None
         with torch.no_grad():
@@ -286,11 +291,15 @@ class IFADITTask(L.LightningModule):
             terms["ssim"] = w.ssim * kornia.losses.ssim_loss((x_hat + 1) / 2, (x + 1) / 2, window_size=7)
         if w.identity:
             terms["identity"] = w.identity * identity_loss(m.identity_encoder(x_hat), z, w.margin)
-        if w.swap_identity and x.shape[0] > 1:
-            z_other = z.roll(1, dims=0)
-            terms["swap_identity"] = w.swap_identity * identity_loss(
-                m.identity_encoder(m.render(z_other, a)), z_other, w.margin
-            )
+        if (w.swap_identity or (w.swap_pixel and swap_target is not None)) and x.shape[0] > 1:
+            z_other = z.roll(1, dims=0)  # image i-1's identity on image i's attributes
+            x_swap = m.render(z_other, a)
+            if w.swap_identity:
+                terms["swap_identity"] = w.swap_identity * identity_loss(
+                    m.identity_encoder(x_swap), z_other, w.margin
+                )
+            if w.swap_pixel and swap_target is not None:
+                terms["swap_pixel"] = w.swap_pixel * F.l1_loss(x_swap, swap_target)
         return terms, x_hat
 
     def _flow_terms(self, x: Tensor) -> dict[str, Tensor]:
@@ -358,7 +367,7 @@ class IFADITTask(L.LightningModule):
             return loss
         terms: dict[str, Tensor] = {}
         if self.phase in ("disentangle", "joint"):
-            terms.update(self._reconstruction_terms(x)[0])
+            terms.update(self._reconstruction_terms(x, batch.get("swap_image"))[0])
         if self.phase in ("flow", "joint"):
             terms.update(self._flow_terms(x))
         loss = torch.stack(list(terms.values())).sum()

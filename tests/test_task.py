@@ -42,3 +42,20 @@ def test_a_phase_without_its_components_is_refused():
     del parts["flow"]
     with pytest.raises(ValueError, match="needs the components: flow"):
         IFADITTask(**parts, phase="flow")
+
+
+def test_swap_pixel_loss_uses_the_rendered_target():
+    parts = _parts()
+    for name in ("flow", "key_scheme"):
+        del parts[name]
+    task = IFADITTask(**parts, phase="disentangle")
+    task.losses.swap_pixel = 1.0
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    terms, _ = task._reconstruction_terms(x, swap_target=None)
+    assert "swap_pixel" not in terms
+    terms, _ = task._reconstruction_terms(x, swap_target=torch.zeros_like(x))
+    m = task.model
+    with torch.no_grad():
+        z = m.identity_encoder(x)
+        expected = m.render(z.roll(1, dims=0), m.attribute_encoder(x)).abs().mean()
+    torch.testing.assert_close(terms["swap_pixel"].detach(), expected, rtol=1e-4, atol=1e-5)

@@ -18,7 +18,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ifadit.data.synthfaces import SPLITS, SynthFaces, split_identities
+from ifadit.data.synthfaces import SPLITS, SynthFaces, identity_param_array, render_faces, split_identities
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -144,6 +144,7 @@ class FaceDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         augment: bool = False,
+        swap_targets: bool = False,
         num_identities: int = 1000,
         images_per_identity: int = 10,
         seed: int = 0,
@@ -162,6 +163,9 @@ class FaceDataModule(L.LightningDataModule):
         self.source, self.root, self.size = source, root, size
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.augment = augment
+        if swap_targets and (source != "synthfaces" or augment):
+            raise ValueError("swap_targets needs source='synthfaces' and augment off (unaugmented targets)")
+        self.swap_targets = swap_targets
         self.num_identities, self.images_per_identity = num_identities, images_per_identity
         self.seed, self.split_fractions, self.nuisance = seed, tuple(split_fractions), nuisance
         self.identities, self.predict_split = identities, predict_split
@@ -277,4 +281,13 @@ class FaceDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.augmentation is not None and self.trainer is not None and self.trainer.training:
             batch = {**batch, "image": self.augment_images(batch["image"])}
+        if self.swap_targets and self.trainer is not None and self.trainer.training:
+            batch = {**batch, "swap_image": self.render_swaps(batch["identity"], batch["attributes"])}
         return batch
+
+    def render_swaps(self, identities: Tensor, attributes: Tensor) -> Tensor:
+        """Ground truth for an identity swap: image i's pose, light, hair… with the identity of image i-1
+        (``roll(1)`` over the batch). Only a renderer can give it; phase 1 then learns the swap in pixels."""
+        partners = identities.roll(1, dims=0).cpu().numpy()
+        params = identity_param_array(self.seed, partners)
+        return render_faces(params, attributes.cpu(), self.size).to(attributes.device)

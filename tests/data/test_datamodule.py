@@ -165,3 +165,20 @@ def test_augmentation_changes_training_batches_only(tmp_path: Path, augment: boo
         assert matched.all()
     raw_val = torch.stack([dm.datasets["val"][i]["image"] for i in range(len(module.val_images[0]))])
     assert torch.equal(module.val_images[0], raw_val)  # validation is never augmented
+
+
+def test_swap_targets_are_the_partner_identity_on_this_images_attributes(tmp_path: Path) -> None:
+    dm = FaceDataModule(root=str(tmp_path), batch_size=8, swap_targets=True, **SYNTH)
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    swaps = dm.render_swaps(batch["identity"], batch["attributes"])
+    ids = batch["identity"]
+    assert swaps.shape == batch["image"].shape
+    # where the partner (image i-1) has the same identity, the swap is image i itself (up to uint8 caching)
+    same = ids == ids.roll(1)
+    assert same.any() and (~same).any()
+    assert (swaps[same] - batch["image"][same]).abs().max() < 0.01
+    assert (swaps[~same] - batch["image"][~same]).abs().amax(dim=(1, 2, 3)).min() > 0.1
+    with pytest.raises(ValueError, match="swap_targets"):
+        FaceDataModule(root=str(tmp_path), swap_targets=True, augment=True, **SYNTH)
