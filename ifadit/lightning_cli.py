@@ -201,9 +201,9 @@ class IfaditCLI(LightningCLI):
             experiment = init.get("experiment_name") or DEFAULT_EXPERIMENT
             init.run_name = init.get("run_name") or run_name
             init.tracking_uri = init.get("tracking_uri") or mlflow_uri_default()
-            prepare_tracking_uri(init.tracking_uri)
             if not init.get("artifact_location"):
                 init.artifact_location = default_artifact_location(init.tracking_uri, experiment)
+            prepare_tracking_uri(init.tracking_uri, experiment, init.artifact_location)
         if config.checkpoint.get("dirpath") is None:
             root_dir = config.trainer.get("default_root_dir")
             root = Path(root_dir) / "checkpoints" if root_dir else CHECKPOINT_ROOT

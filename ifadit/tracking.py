@@ -8,6 +8,7 @@ keyed by a user secret is ever logged here: training draws random keys, validati
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import mlflow
 import numpy as np
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
@@ -42,11 +44,27 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
-def prepare_tracking_uri(uri: str) -> None:
-    """sqlite creates the database file but not its folder."""
+def prepare_tracking_uri(
+    uri: str, experiment: str | None = None, artifact_location: str | None = None
+) -> None:
+    """Make a sqlite store ready before any run touches it: its folder, its schema and the experiment.
+
+    Two processes opening a new sqlite store at once race in mlflow's schema migration ("duplicate column
+    name: step", seen when the quickstart trains its two recognizers in parallel) and in creating the
+    experiment; one exclusive file lock around both makes the first process do it and the others find it."""
     path = sqlite_path(uri)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client = mlflow.tracking.MlflowClient(uri)
+            client.search_experiments(max_results=1)  # the first query creates or migrates the schema
+            if experiment and client.get_experiment_by_name(experiment) is None:
+                client.create_experiment(experiment, artifact_location=artifact_location)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def default_artifact_location(uri: str, experiment: str = DEFAULT_EXPERIMENT) -> str | None:

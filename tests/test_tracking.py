@@ -243,3 +243,27 @@ def test_save_config_callback_without_mlflow_writes_into_the_log_folder(tmp_path
     assert isinstance(cli.trainer.logger, CSVLogger)
     written = Path(cli.trainer.logger.log_dir) / "config.yaml"
     assert yaml.safe_load(written.read_text())["model"]["width"] == 3
+
+
+def _prepare_in_child(uri: str) -> None:
+    from ifadit.tracking import prepare_tracking_uri
+
+    prepare_tracking_uri(uri, "ifadit", None)
+
+
+def test_parallel_processes_share_a_new_sqlite_store(tmp_path) -> None:
+    """The quickstart trains two recognizers at once on one new store: schema and experiment are made once."""
+    import multiprocessing
+
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    context = multiprocessing.get_context("spawn")
+    children = [context.Process(target=_prepare_in_child, args=(uri,)) for _ in range(3)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=120)
+    assert [child.exitcode for child in children] == [0, 0, 0]
+    names = [e.name for e in mlflow.tracking.MlflowClient(uri).search_experiments()]
+    assert names.count("ifadit") == 1
