@@ -8,6 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+# Facts: the official test code reads every file with torch.load and iterates `.items()` calling `.size()`
+# on each value (utils/utils.py:loading_pretrianed), so the files are flat tensor mappings. The names below
+# are the state-dict names of the official modules they were saved from.
+from official_layouts import FUSE_MLP, MLP_BEST
+
 from ifadit.flows.allinone import AllInOneFlow
 from ifadit.nets.mappers import CompensationMLP, LatentMapper
 from ifadit.nets.psp import GradualStyleEncoder, n_styles_for
@@ -21,25 +26,6 @@ from ifadit.release import (
 )
 from ifadit.weights import MANIFEST, WeightsError
 
-# Facts: the official test code reads every file with torch.load and iterates `.items()` calling `.size()`
-# on each value (utils/utils.py:loading_pretrianed), so the files are flat tensor mappings. The names below
-# are the state-dict names of the official modules they were saved from.
-MLP_BEST = {  # models/mlp/LatentMapper.py: LatentMapper
-    "model.0.weight": (512, 1024),
-    "model.0.bias": (512,),
-    "model.2.weight": (512, 512),
-    "model.2.bias": (512,),
-}
-FUSE_MLP = {  # models/mlp/LatentMapper.py: FusionMapper10
-    "model.0.weight": (1024, 512),
-    "model.0.bias": (1024,),
-    "model.2.weight": (2048, 1024),
-    "model.2.bias": (2048,),
-    "model.4.weight": (1024, 2048),
-    "model.4.bias": (1024,),
-    "model.6.weight": (512, 1024),
-    "model.6.bias": (512,),
-}
 # models/id_transformer/inn.py: FrEIA SequenceINN(512) + 4 x AllInOneBlock(cond=0, cond_shape=(512,)),
 # subnet Linear(768,256) LReLU Linear(256,128) LReLU Linear(128,128) LReLU Linear(128,256) LReLU
 # Linear(256,512).

@@ -3,27 +3,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from official_layouts import FUSE_MLP, MLP_BEST
 
 from ifadit.nets.mappers import CompensationMLP, LatentMapper
 
-# Facts from the official models/mlp/LatentMapper.py (lixionga/ProFace, FacePrivacy/iFADIT): one nn.Sequential
-# named `model`, Linear layers at even indices.
-OFFICIAL_MAPPER_SHAPES = {
-    "model.0.weight": (512, 1024),
-    "model.0.bias": (512,),
-    "model.2.weight": (512, 512),
-    "model.2.bias": (512,),
-}
-OFFICIAL_FUSION_MAPPER10_SHAPES = {
-    "model.0.weight": (1024, 512),
-    "model.0.bias": (1024,),
-    "model.2.weight": (2048, 1024),
-    "model.2.bias": (2048,),
-    "model.4.weight": (1024, 2048),
-    "model.4.bias": (1024,),
-    "model.6.weight": (512, 1024),
-    "model.6.bias": (512,),
-}
+# Facts from the official models/mlp/LatentMapper.py, shared with tests/test_release.py.
+OFFICIAL_MAPPER_SHAPES, OFFICIAL_FUSION_MAPPER10_SHAPES = MLP_BEST, FUSE_MLP
 
 
 def _shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
