@@ -21,6 +21,7 @@ import yaml
 from ifadit import registry
 from ifadit.flows import KeyedFlow
 from ifadit.keys import KeyScheme, SecretKey
+from ifadit.text import format_rows
 
 
 @dataclass
@@ -170,5 +171,4 @@ def format_result(result: FlowDemoResult) -> str:
         ("cos(original, one-bit-off key)", f"{result.cos_original_one_bit_key:+.3f}   (low = secure)"),
         ("cos(key A anon, key B anon)", f"{result.cos_between_two_keys:+.3f}   (low = diverse)"),
     ]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+    return format_rows(rows)

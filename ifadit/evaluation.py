@@ -20,6 +20,7 @@ from torch import Tensor
 from ifadit.anonymizer import IFADIT
 from ifadit.keys import SecretKey
 from ifadit.nets import IdentityEncoder
+from ifadit.text import format_rows
 
 
 @dataclass
@@ -142,8 +143,7 @@ def format_scores(scores: HeadlineScores) -> str:
         ("anonymized PSNR (vs original)", f"{scores.anonymized_psnr_db:.2f} dB"),
         ("flow round-trip max error", f"{scores.latent_roundtrip_max_error:.1e}"),
     ]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+    return format_rows(rows)
 
 
 __all__ = ["HeadlineScores", "evaluate_headline", "format_scores", "save_grid", "write_scores"]

@@ -159,12 +159,7 @@ class SecretKey:
     def load(cls, path: str | os.PathLike[str]) -> SecretKey:
         """Read a key file from :meth:`save`; each failure is one line naming the file, never its content."""
         path = Path(path)
-        try:
-            text = path.read_text(encoding="ascii")
-        except FileNotFoundError:
-            raise KeyFileError(f"key file not found: {path}") from None
-        except (UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
-            raise KeyFileError(f"cannot read key file {path}: {type(exc).__name__}") from None
+        text = _read_private_text(path, "key file", "ascii")
         fields: dict[str, str] = {}
         header = None
         for raw in text.splitlines():
@@ -203,15 +198,21 @@ class SecretKey:
         return key
 
 
+def _read_private_text(path: Path, what: str, encoding: str) -> str:
+    """A secret-bearing file's text; a failure names the file and the error type, never the content
+    (a decode error's message would quote the offending bytes)."""
+    try:
+        return path.read_text(encoding=encoding)
+    except FileNotFoundError:
+        raise KeyFileError(f"{what} not found: {path}") from None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
+        raise KeyFileError(f"cannot read {what} {path}: {type(exc).__name__}") from None
+
+
 def load_passphrase_file(path: str | os.PathLike[str]) -> str:
     """The first line of a passphrase file (trailing newline stripped); errors never echo the content."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise KeyFileError(f"passphrase file not found: {path}") from None
-    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
-        raise KeyFileError(f"cannot read passphrase file {path}: {type(exc).__name__}") from None
+    text = _read_private_text(path, "passphrase file", "utf-8")
     passphrase = text.splitlines()[0] if text else ""
     if not passphrase:
         raise KeyFileError(f"passphrase file {path} is empty")
