@@ -1,0 +1,396 @@
+"""The Python API for real photos: ``ifadit.Anonymizer``.
+
+::
+
+    from PIL import Image
+    from ifadit import Anonymizer
+    from ifadit.keys import SecretKey
+
+    anonymizer = Anonymizer.from_checkpoint("last.ckpt")          # a checkpoint written by 'ifadit fit'
+    secret = SecretKey.load("my.key")
+    anonymized = anonymizer.anonymize(Image.open("photo.png"), secret)
+    original = anonymizer.recover(anonymized, secret)             # the faces are found from its metadata
+
+Every face is detected (MTCNN, 5 landmarks), aligned to an FFHQ-style template at the model's resolution,
+anonymized (or recovered) by :class:`ifadit.anonymizer.IFADIT` with the key, warped back and pasted under a
+feathered mask (a landmark ellipse, or a face-parsing mask from ``mask_fn``). Pixels outside the mask are
+returned unchanged. The command line (``ifadit anonymize`` / ``ifadit recover``) drives this class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ifadit.anonymizer import IFADIT
+from ifadit.keys import SecretKey
+from ifadit.photos.align import (
+    MaskFn,
+    alignment_matrices,
+    apply_affine,
+    crop_faces,
+    ellipse_masks,
+    feather_mask,
+    paste_faces,
+)
+from ifadit.photos.detect import Face, FaceDetector
+from ifadit.photos.io import METADATA_KEY, PhotoError, pil_to_rgb
+from ifadit.photos.metadata import build_metadata, faces_from_metadata
+from ifadit.weights import load_checkpoint, load_state_dict_by_name, sha256_of
+
+OPERATIONS = ("anonymize", "recover")
+ImageT = TypeVar("ImageT", Image.Image, np.ndarray, Tensor)
+
+
+class StageTimer:
+    """Wall time per pipeline stage, summed over calls (``Anonymizer.timer``; the benchmark reads it)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclass
+class Prepared:
+    """One photo ready for the model: its faces, their image -> crop maps, aligned crops and paste masks."""
+
+    photo: Tensor  # (3, H, W) in [-1, 1]
+    faces: list[Face]
+    tiny: list[Face]
+    matrices: Tensor  # (F, 2, 3)
+    crops: Tensor  # (F, 3, S, S)
+    masks: Tensor  # (F, 1, S, S)
+
+
+@dataclass
+class PhotoResult:
+    """A processed photo and what was done to it."""
+
+    image: Tensor  # (3, H, W) in [-1, 1]
+    faces: list[Face]
+    paste_mask: Tensor  # (H, W) in [0, 1]: 0 where the input is returned unchanged
+    metadata: dict[str, Any]
+    tiny: list[Face] = field(default_factory=list)  # faces too small to process (left as they were)
+    crops: Tensor | None = None  # the aligned input crops (F, 3, S, S)
+    generated: Tensor | None = None  # what the model made of them (F, 3, S, S)
+
+
+def to_tensor(pixels: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
+    """RGB uint8 (H, W, 3) -> float (3, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(pixels)).to(device).permute(2, 0, 1).float() / 127.5 - 1
+
+
+def to_uint8(image: Tensor) -> np.ndarray:
+    """Float (3, H, W) in [-1, 1] -> RGB uint8 (H, W, 3)."""
+    return ((image.detach().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def compose_uint8(original: np.ndarray, result: PhotoResult) -> np.ndarray:
+    """The result as uint8, taking the original's bytes wherever the paste mask is 0 (bit-exact)."""
+    out = original.copy()
+    changed = (result.paste_mask > 0).cpu().numpy()
+    out[changed] = to_uint8(result.image)[changed]
+    return out
+
+
+def _recipe_model_section(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    import yaml
+
+    if isinstance(config, Mapping):
+        data = dict(config)
+    else:
+        try:
+            data = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"config file not found: {config}") from None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{config} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise ValueError(f"{config} has no 'model' section")
+    return data["model"]
+
+
+class Anonymizer:
+    """Anonymize and recover every face of real photos with a secret key.
+
+    ``model``: a keyed :class:`IFADIT` (a flow-phase or joint checkpoint). ``detector``: an
+    MTCNN :class:`FaceDetector` (made on first use). ``mask_fn``: optional face-parsing hook, aligned crops
+    (B, 3, S, S) in [-1, 1] -> masks (B, 1, S, S) in [0, 1], feathered by ``parser_sigma`` pixels; without it
+    a landmark ellipse is used. ``skip_tiny``: leave faces below the detector's ``min_face_size`` as they
+    are instead of refusing the photo. ``batch_size``: faces per model call.
+    """
+
+    def __init__(
+        self,
+        model: IFADIT,
+        detector: FaceDetector | None = None,
+        mask_fn: MaskFn | None = None,
+        device: str | torch.device = "cpu",
+        model_sha256: str | None = None,
+        batch_size: int = 8,
+        skip_tiny: bool = False,
+        mask_feather: float = 0.25,
+        parser_sigma: float = 2.0,
+    ) -> None:
+        if not model.keyed:
+            raise ValueError(
+                "this model has no flow (a phase-1 model): anonymizing needs a flow-phase checkpoint"
+            )
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self._detector = detector
+        self.mask_fn = mask_fn
+        self.model_sha256 = model_sha256
+        self.batch_size = batch_size
+        self.skip_tiny = skip_tiny
+        self.mask_feather = mask_feather
+        self.parser_sigma = parser_sigma
+        self.timer: StageTimer | None = None
+
+    # -- construction ---
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path,
+        config: str | Path | Mapping[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+        **kwargs: Any,
+    ) -> Anonymizer:
+        """The model of a checkpoint written by ``ifadit fit`` (which stores its ``model`` config). For an
+        older checkpoint without one, ``config`` gives the recipe (path or mapping) it was trained with."""
+        from ifadit.lightning_cli import MODEL_CONFIG_KEY, build_task_from_config
+
+        state = load_checkpoint(checkpoint, weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError(f"{checkpoint} is not a training checkpoint")
+        if config is not None:
+            model_config = _recipe_model_section(config)
+        elif isinstance(state.get(MODEL_CONFIG_KEY), dict):
+            model_config = state[MODEL_CONFIG_KEY]
+        else:
+            raise ValueError(
+                f"{checkpoint} carries no model config (written before checkpoints stored one): "
+                "give the recipe it was trained with (config=..., --config)"
+            )
+        task = build_task_from_config(model_config)
+        load_state_dict_by_name(task, state.get("state_dict", state), what=str(checkpoint))
+        if task.model is None or not task.model.keyed:
+            raise ValueError(f"{checkpoint} is not a flow-phase model: anonymizing needs a trained flow")
+        return cls(task.model, device=device, model_sha256=sha256_of(checkpoint), **kwargs)
+
+    @property
+    def resolution(self) -> int:
+        """The side of the aligned face crops: the generator's output size."""
+        return int(self.model.generator.size)
+
+    @property
+    def detector(self) -> FaceDetector:
+        if self._detector is None:
+            self._detector = FaceDetector(device=self.device)
+        return self._detector
+
+    def _stage(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return self.timer.stage(name) if self.timer is not None else contextlib.nullcontext()
+
+    # -- the pipeline, step by step ---
+    def prepare(
+        self, pixels: np.ndarray, faces: Sequence[Face] | None = None, photo: Tensor | None = None
+    ) -> Prepared:
+        """Detect (unless ``faces`` are given), align and mask every face of an RGB uint8 photo.
+
+        Raises :class:`PhotoError` when there is no face, or when a face is too small and ``skip_tiny`` is
+        off (refusing is the safe choice: a tiny face would otherwise stay recognisable)."""
+        tiny: list[Face] = []
+        if faces is None:
+            with self._stage("detection"):
+                detection = self.detector.detect(pixels)
+            faces, tiny = detection.faces, detection.tiny
+            if tiny and not self.skip_tiny:
+                smallest = min(f.size for f in tiny)
+                raise PhotoError(
+                    f"{len(tiny)} face(s) smaller than {self.detector.min_face_size} px (smallest "
+                    f"{smallest:.0f} px) cannot be processed reliably; nothing written "
+                    "(--skip-tiny leaves them as they are)"
+                )
+            if not faces:
+                raise PhotoError(
+                    f"no face found (faces under {self.detector.min_face_size} px or turned far from the "
+                    "camera are not detected)"
+                )
+        faces = list(faces)
+        if not faces:
+            raise PhotoError("no face to process")
+        with self._stage("alignment"):
+            if photo is None:
+                photo = to_tensor(pixels, self.device)
+            size = self.resolution
+            landmarks = torch.tensor([f.landmarks for f in faces], dtype=torch.float32, device=self.device)
+            matrices = alignment_matrices(landmarks, size)
+            crops = crop_faces(photo, matrices, size)
+            if self.mask_fn is None:
+                masks = ellipse_masks(apply_affine(matrices, landmarks), size, self.mask_feather)
+            else:
+                masks = feather_mask(self.mask_fn(crops).to(crops.dtype), self.parser_sigma)
+        return Prepared(photo, faces, tiny, matrices, crops, masks)
+
+    @torch.no_grad()
+    def run_model(self, operation: str, crops: Tensor, secret: SecretKey) -> Tensor:
+        """Anonymize or recover aligned crops (N, 3, S, S) with the key, ``batch_size`` at a time."""
+        if operation not in OPERATIONS:
+            raise ValueError(f"operation must be one of {OPERATIONS}")
+        outputs = []
+        for chunk in crops.split(self.batch_size):
+            cond = self.model.key_scheme(secret, batch_size=chunk.shape[0]).to(self.device)
+            if operation == "anonymize":
+                outputs.append(self.model.anonymize(chunk, cond).image)
+            else:
+                outputs.append(self.model.recover(chunk, cond).image)
+        return torch.cat(outputs).clamp(-1, 1)
+
+    def finish(
+        self, operation: str, prepared: Prepared, generated: Tensor, key_fingerprint: str
+    ) -> PhotoResult:
+        """Paste the generated crops back into the photo under their masks."""
+        with self._stage("paste-back"):
+            image, union = paste_faces(prepared.photo, generated, prepared.masks, prepared.matrices)
+        size = (int(prepared.photo.shape[-1]), int(prepared.photo.shape[-2]))
+        metadata = build_metadata(
+            operation, prepared.faces, self.model_sha256, key_fingerprint, self.resolution, size
+        )
+        return PhotoResult(
+            image, prepared.faces, union[0], metadata, prepared.tiny, prepared.crops, generated
+        )
+
+    def process(self, operation: str, prepared: Sequence[Prepared], secret: SecretKey) -> list[PhotoResult]:
+        """Run the model once over the faces of several prepared photos (batched), then paste each back."""
+        if not prepared:
+            return []
+        with self._stage("model"):
+            generated = self.run_model(operation, torch.cat([p.crops for p in prepared]), secret)
+        results = []
+        for item, faces in zip(prepared, generated.split([len(p.faces) for p in prepared]), strict=True):
+            results.append(self.finish(operation, item, faces, secret.fingerprint))
+        return results
+
+    def process_photo(
+        self,
+        operation: str,
+        pixels: np.ndarray,
+        secret: SecretKey,
+        faces: Sequence[Face] | None = None,
+        photo: Tensor | None = None,
+    ) -> PhotoResult:
+        return self.process(operation, [self.prepare(pixels, faces, photo)], secret)[0]
+
+    # -- convenience on images ---
+    def anonymize_photo(
+        self, pixels: np.ndarray, secret: SecretKey, faces: Sequence[Face] | None = None
+    ) -> PhotoResult:
+        """Every face of an RGB uint8 photo (H, W, 3) anonymized; faces detected unless given."""
+        return self.process_photo("anonymize", pixels, secret, faces)
+
+    def recover_photo(
+        self, pixels: np.ndarray, secret: SecretKey, faces: Sequence[Face] | None = None
+    ) -> PhotoResult:
+        """The faces of an anonymized photo recovered; pass the faces recorded at anonymization
+        (``PhotoResult.faces`` or the file's metadata), else they are detected again."""
+        return self.process_photo("recover", pixels, secret, faces)
+
+    def anonymize(self, image: ImageT, secret: SecretKey, faces: Sequence[Face] | None = None) -> ImageT:
+        """Anonymize every face of a PIL image, an RGB array (H, W, 3; uint8, or float in [0, 1]) or a
+        tensor (3, H, W) / (B, 3, H, W) in [-1, 1]; returns the same kind. A PIL result carries the faces in
+        ``info["ifadit"]``, so :meth:`recover` finds them without detection."""
+        return self._apply("anonymize", image, secret, faces)
+
+    def recover(self, image: ImageT, secret: SecretKey, faces: Sequence[Face] | None = None) -> ImageT:
+        """Undo :meth:`anonymize` with the same key. Faces: ``faces``, else the PIL image's ifadit metadata,
+        else detected again."""
+        return self._apply("recover", image, secret, faces)
+
+    def _apply(
+        self, operation: str, image: ImageT, secret: SecretKey, faces: Sequence[Face] | None
+    ) -> ImageT:
+        if not isinstance(secret, SecretKey):
+            raise TypeError("secret must be an ifadit.keys.SecretKey")
+        if isinstance(image, Image.Image):
+            return self._apply_pil(operation, image, secret, faces)  # type: ignore[return-value]
+        if isinstance(image, np.ndarray):
+            return self._apply_array(operation, image, secret, faces)  # type: ignore[return-value]
+        if isinstance(image, Tensor):
+            return self._apply_tensor(operation, image, secret, faces)  # type: ignore[return-value]
+        raise TypeError(f"expected a PIL image, a numpy array or a torch tensor, got {type(image).__name__}")
+
+    def _apply_pil(
+        self, operation: str, image: Image.Image, secret: SecretKey, faces: Sequence[Face] | None
+    ) -> Image.Image:
+        if faces is None and isinstance(image.info.get(METADATA_KEY), str):
+            faces = faces_from_metadata(json.loads(image.info[METADATA_KEY]))
+        pixels, alpha, grayscale = pil_to_rgb(image, [])
+        result = self.process_photo(operation, pixels, secret, faces)
+        out = Image.fromarray(compose_uint8(pixels, result), "RGB")
+        if grayscale:
+            out = out.convert("L")
+        if alpha is not None:
+            out = out.convert("LA" if grayscale else "RGBA")
+            out.putalpha(Image.fromarray(alpha, "L"))
+        out.info[METADATA_KEY] = json.dumps(result.metadata)
+        return out
+
+    def _apply_array(
+        self, operation: str, image: np.ndarray, secret: SecretKey, faces: Sequence[Face] | None
+    ) -> np.ndarray:
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an RGB array (H, W, 3), got shape {image.shape}")
+        if image.dtype == np.uint8:
+            return compose_uint8(image, self.process_photo(operation, image, secret, faces))
+        if not np.issubdtype(image.dtype, np.floating):
+            raise ValueError(f"expected uint8 or float pixels, got {image.dtype}")
+        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1) * 2 - 1
+        result = self._process_tensor(operation, tensor, secret, faces)
+        generated = ((result.image.permute(1, 2, 0).cpu().numpy() + 1) / 2).astype(image.dtype)
+        changed = (result.paste_mask > 0).cpu().numpy()[..., None]
+        return np.where(changed, generated, image)  # the input's own values outside the mask
+
+    def _apply_tensor(
+        self, operation: str, image: Tensor, secret: SecretKey, faces: Sequence[Face] | None
+    ) -> Tensor:
+        if image.dim() == 4:
+            if faces is not None and image.shape[0] > 1:
+                raise ValueError("faces= applies to one image; call once per image of a batch")
+            return torch.stack([self._apply_tensor(operation, img, secret, faces) for img in image])
+        if image.dim() != 3 or image.shape[0] != 3 or not image.is_floating_point():
+            raise ValueError(
+                f"expected a float tensor (3, H, W) or (B, 3, H, W) in [-1, 1], got {tuple(image.shape)}"
+            )
+        result = self._process_tensor(operation, image, secret, faces)
+        kept = (result.paste_mask > 0).unsqueeze(0).to(image.device)
+        return torch.where(kept, result.image.to(image.device, image.dtype), image)
+
+    def _process_tensor(
+        self, operation: str, image: Tensor, secret: SecretKey, faces: Sequence[Face] | None
+    ) -> PhotoResult:
+        photo = image.detach().to(self.device, torch.float32)
+        pixels = to_uint8(photo)  # detection only; crops and paste-back use the float pixels
+        return self.process_photo(operation, pixels, secret, faces, photo=photo)
+
+
+__all__ = ["Anonymizer", "PhotoResult", "Prepared", "StageTimer", "compose_uint8", "to_tensor", "to_uint8"]

@@ -1,0 +1,53 @@
+"""MTCNN on real photos: every face found (one, one, four when tiled), huge photos detected on a downscaled
+copy with the coordinates scaled back, tiny faces reported rather than missed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from photo_samples import astronaut, grace_hopper, tiled
+
+from ifadit.photos.detect import FaceDetector
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector()
+
+
+def _resize(pixels: np.ndarray, factor: float) -> np.ndarray:
+    tensor = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).float()
+    size = (round(pixels.shape[0] * factor), round(pixels.shape[1] * factor))
+    out = F.interpolate(tensor, size=size, mode="bilinear", antialias=factor < 1, align_corners=False)
+    return out.round().clamp(0, 255).byte()[0].permute(1, 2, 0).numpy().copy()
+
+
+def test_every_face_is_found(detector: FaceDetector) -> None:
+    astro, grace, grid = (detector.detect(p) for p in (astronaut(), grace_hopper(), tiled()))
+    assert len(astro.faces) == 1 and len(grace.faces) == 1
+    assert len(grid.faces) == 4 and not grid.tiny
+    # one face per quadrant of the 1024 x 1024 tiling
+    quadrants = sorted((int(f.box[0] >= 512), int(f.box[1] >= 512)) for f in grid.faces)
+    assert quadrants == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    face = astro.faces[0]
+    assert face.score > 0.99 and len(face.landmarks) == 5
+    (lx, ly), (rx, _) = face.landmarks[:2]
+    assert face.box[0] < lx < rx < face.box[2] and face.box[1] < ly < face.box[3]
+
+
+def test_huge_photos_are_detected_on_a_downscaled_copy() -> None:
+    detector = FaceDetector(max_side=512)
+    reference = detector.detect(astronaut()).faces[0]
+    big = detector.detect(_resize(astronaut(), 4.0))
+    assert big.scale == pytest.approx(0.25)
+    assert len(big.faces) == 1
+    np.testing.assert_allclose(np.array(big.faces[0].landmarks), 4 * np.array(reference.landmarks), atol=12)
+
+
+def test_tiny_faces_are_reported_not_missed(detector: FaceDetector) -> None:
+    small = _resize(astronaut(), 0.2)  # the face is about 18 px wide
+    found = detector.detect(small)
+    assert not found.faces
+    assert len(found.tiny) == 1 and found.tiny[0].size < detector.min_face_size
