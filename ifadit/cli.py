@@ -114,11 +114,96 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ifadit.evaluate import evaluate_checkpoint
+
+    secret = _read_secret(args) if (args.key or args.passphrase_file) else None
+    task, datamodule = _build_task(args.config, args.ckpt, strict=True)
+    return evaluate_checkpoint(task, datamodule, secret, args)
+
+
 def _cmd_weights(args: argparse.Namespace) -> int:
     from ifadit.weights_report import format_weights_report, weights_report
 
     print(format_weights_report(weights_report(verify=not args.no_verify)))
     return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from ifadit.sweep.command import run_sweep_command
+
+    return run_sweep_command(args)
+
+
+def _cmd_photos(args: argparse.Namespace) -> int:
+    """``ifadit anonymize`` / ``ifadit recover``: every face of every photo, one line per failed photo."""
+    from ifadit.api import Anonymizer
+    from ifadit.photos.batch import BatchOptions, run_batch
+    from ifadit.photos.detect import FaceDetector
+    from ifadit.photos.io import collect_inputs
+
+    secret = _read_secret(args)
+    inputs = collect_inputs(args.inputs)
+    if not inputs:
+        raise ValueError("no JPEG, PNG or WebP file in the given inputs")
+    detector = FaceDetector(
+        min_face_size=args.min_face_size, max_side=args.detect_max_side, device=args.device
+    )
+    anonymizer = Anonymizer.from_checkpoint(
+        args.model, config=args.config, device=args.device, detector=detector,
+        batch_size=args.batch_size, skip_tiny=args.skip_tiny,
+    )
+    options = BatchOptions(
+        operation=args.command, out_dir=Path(args.out), file_format=args.format,
+        overwrite=args.overwrite, sidecar=args.sidecar,
+        metadata=Path(args.metadata) if getattr(args, "metadata", None) else None,
+        detect=getattr(args, "detect", False), force=getattr(args, "force", False),
+        progress=False if args.no_progress else None,
+    )
+    summary = run_batch(anonymizer, inputs, secret, options)
+    done = "anonymized" if args.command == "anonymize" else "recovered"
+    print(f"ifadit {args.command}: {done} {summary.faces} face(s) in {len(summary.written)} of "
+          f"{len(inputs)} photo(s) into {args.out}; {len(summary.failed)} failed; "
+          f"key fingerprint {secret.fingerprint}")
+    return 0 if summary.ok else 1
+
+
+def _add_photo_parsers(sub: Any) -> None:
+    for name, what in (("anonymize", "anonymize every face of photos with a key"),
+                       ("recover", "recover the faces of anonymized photos with the same key")):
+        p = sub.add_parser(name, help=what + " (exit 1 if any photo failed)")
+        p.add_argument("inputs", nargs="+", metavar="INPUT",
+                       help="JPEG/PNG/WebP files or folders (recursive)")
+        p.add_argument("--out", required=True, help="output folder (inputs are never overwritten)")
+        p.add_argument("--model", required=True, help="a flow-phase checkpoint written by 'ifadit fit'")
+        p.add_argument("--config", help="its recipe, for checkpoints that carry no model config")
+        p.add_argument("--key", help="key file written by 'ifadit keygen'")
+        p.add_argument("--passphrase-file")
+        p.add_argument("--salt")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--batch-size", type=int, default=8, help="faces per model call (default 8)")
+        p.add_argument("--format", choices=("png", "jpeg", "webp"),
+                       help="output format (default: the input's; png and webp are lossless)")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace existing outputs (never an input)")
+        p.add_argument("--sidecar", action="store_true",
+                       help="also write OUTPUT.ifadit.json with the metadata")
+        p.add_argument("--min-face-size", type=int, default=24,
+                       help="smallest face side in pixels to process (default 24); smaller ones fail "
+                       "the photo")
+        p.add_argument("--skip-tiny", action="store_true",
+                       help="leave faces under --min-face-size as they are")
+        p.add_argument("--detect-max-side", type=int, default=1600,
+                       help="detect on a copy downscaled to this longest side (default 1600)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        if name == "recover":
+            p.add_argument("--metadata",
+                           help="an ifadit metadata sidecar for the inputs (e.g. after re-encoding)")
+            p.add_argument("--detect", action="store_true",
+                           help="detect the faces of photos without metadata")
+            p.add_argument("--force", action="store_true",
+                           help="recover even when the key fingerprint or model differ from the metadata")
+        p.set_defaults(func=_cmd_photos)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,9 +247,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/score")
     p.set_defaults(func=_cmd_score)
 
+    p = sub.add_parser(
+        "evaluate", help="the metrics suite on a trained model: table, JSON, Markdown and an MLflow run"
+    )
+    p.add_argument("--ckpt", required=True, help="the flow-phase checkpoint")
+    p.add_argument("--config", required=True, help="the flow-phase recipe the checkpoint was trained with")
+    p.add_argument("--data", choices=("test", "val"), default="test", help="the split to evaluate")
+    p.add_argument("--recognizer", action="append", metavar="NAME_OR_CKPT",
+                   help="a judge, repeatable: a registered name (dlib, arcface_irse50:checkpoint=PATH, ...) "
+                   "or CKPT:config=RECIPE of a recognizer ifadit trained; default: the model's own encoder")
+    p.add_argument("--key", help="key file written by 'ifadit keygen' (default: the public validation key)")
+    p.add_argument("--passphrase-file")
+    p.add_argument("--salt")
+    p.add_argument("--anonymizations", type=int, default=2, metavar="K",
+                   help="keys per face for the diversity metrics (default 2)")
+    p.add_argument("--far", type=float, default=1e-3,
+                   help="false acceptance rate for recognizers calibrated on the val split (default 1e-3)")
+    p.add_argument("--limit", type=int, help="evaluate at most this many images")
+    p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
+    p.add_argument("--no-detector", action="store_true", help="skip the MTCNN utility metrics")
+    p.add_argument("--no-fid", dest="fid", action="store_false", help="skip FID")
+    p.add_argument("--out", default="outputs/evaluate")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite)")
+    p.add_argument("--experiment", help="MLflow experiment (default: ifadit)")
+    p.add_argument("--run-name", help="MLflow run name (default: evaluate-<checkpoint folder>)")
+    p.set_defaults(func=_cmd_evaluate)
+
     p = sub.add_parser("weights", help="list the pretrained checkpoints ifadit knows and which are present")
     p.add_argument("--no-verify", action="store_true", help="skip sha256 verification")
     p.set_defaults(func=_cmd_weights)
+
+    _add_photo_parsers(sub)
+
+    p = sub.add_parser("sweep", help="an ablation sweep: a child MLflow run per combination, then a summary")
+    p.add_argument("spec", help="sweep spec YAML (e.g. benchmarks/ablations.yaml)")
+    p.add_argument("--dry-run", action="store_true", help="list the children and check their recipes parse")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for every child and prerequisite (YAML value), e.g. trainer.max_steps=5")
+    p.add_argument("--name", help="sweep name (parent run, results folder); default: the spec's")
+    p.add_argument("--jobs", type=int, default=1, help="children in parallel processes (threads split)")
+    p.add_argument("--devices", help="one job per GPU: comma-separated CUDA device ids, or 'all'")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite)")
+    p.add_argument("--results-dir", help="summary folder (default: benchmarks/results/<name>)")
+    p.add_argument("--work-dir", help="children's checkpoints and logs (default: outputs/sweeps/<name>)")
+    p.set_defaults(func=_cmd_sweep)
     return parser
 
 

@@ -9,14 +9,15 @@ jsonargparse sees them. Each run checkpoints into a stable folder,
 
 from __future__ import annotations
 
+import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonargparse import Namespace
+from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -143,6 +144,84 @@ def _logger_configs(trainer_config: Namespace) -> list[Namespace]:
     return [lg for lg in (loggers if isinstance(loggers, list) else [loggers]) if isinstance(lg, Namespace)]
 
 
+# Checkpoint entry holding the resolved ``model`` section, so a checkpoint alone rebuilds its model.
+MODEL_CONFIG_KEY = "ifadit_model_config"
+# Task arguments never stored with the model: a path to the previous phase's checkpoint (the weights are in
+# this one) and a path to a key file (never a key, but no reason to keep where it lives).
+_UNSTORED_TASK_ARGS = ("init_from", "predict_key_file")
+# Component arguments that load pretrained weights at construction: off when a checkpoint holds the weights.
+_WEIGHT_LOADING_ARGS = {"checkpoint": None, "backbone_checkpoint": None, "pretrained": False}
+
+
+def _plain(value: Any) -> Any:
+    """Nested Namespaces, tuples and paths as JSON-like builtins (what ``torch.load(weights_only=True)``
+    reads back)."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    return json.loads(json.dumps(value, default=str))
+
+
+def model_config_for_checkpoint(model_config: Namespace | Mapping[str, Any]) -> dict[str, Any]:
+    """The ``model`` section as stored in checkpoints: class paths and init args, without file paths
+    that only mattered while training (``init_from``, ``predict_key_file``)."""
+    config = _plain(model_config)
+    for key in _UNSTORED_TASK_ARGS:
+        if key in config:
+            config[key] = None
+    return config
+
+
+class ModelConfigCallback(Callback):
+    """Writes the resolved ``model`` config into every checkpoint (``checkpoint["ifadit_model_config"]``),
+    so ``ifadit.Anonymizer.from_checkpoint(ckpt)`` needs no recipe. It holds class paths and init args only:
+    no secret (a key is never part of the config), no data."""
+
+    def __init__(self, model_config: Namespace | Mapping[str, Any]) -> None:
+        self.model_config = model_config_for_checkpoint(model_config)
+
+    def on_save_checkpoint(
+        self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[MODEL_CONFIG_KEY] = json.loads(json.dumps(self.model_config))
+
+
+def _without_weight_loading(value: Any) -> Any:
+    if isinstance(value, dict):
+        out = {k: _without_weight_loading(v) for k, v in value.items()}
+        init = out.get("init_args")
+        if "class_path" in out and isinstance(init, dict):
+            for key, off in _WEIGHT_LOADING_ARGS.items():
+                if key in init:
+                    init[key] = off
+            if "allow_random_init" in init:
+                init["allow_random_init"] = True  # the weights come from the checkpoint right after
+        return out
+    if isinstance(value, list):
+        return [_without_weight_loading(v) for v in value]
+    return value
+
+
+def build_task_from_config(model_config: Mapping[str, Any], for_checkpoint: bool = True) -> IFADITTask:
+    """An :class:`IFADITTask` from a ``model`` section (as stored by :class:`ModelConfigCallback`, or a
+    recipe's, with short names allowed). ``for_checkpoint``: the weights will be loaded from a checkpoint
+    next, so components skip their own pretrained-weight files and nothing is chained by ``init_from``."""
+    config = registry.expand_short_names({"model": _plain(dict(model_config))}, COMPONENT_GROUPS)["model"]
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(IFADITTask, "model", fail_untyped=False, sub_configs=True)
+
+    def parse(model: dict[str, Any]) -> Namespace:
+        try:
+            return parser.parse_object({"model": model})
+        except Exception as exc:  # jsonargparse raises its own error types; callers show one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ArgsError(f"invalid model config: {first}") from None
+
+    parsed = parse(config)
+    if for_checkpoint:  # sanitised after parsing, so that defaults a recipe leaves out are switched too
+        parsed = parse(_without_weight_loading(model_config_for_checkpoint(parsed.model)))
+    return parser.instantiate_classes(parsed).model
+
+
 class IfaditCLI(LightningCLI):
     """LightningCLI with ifadit's defaults: MLflow logging, checkpoints and sample grids per run.
 
@@ -210,9 +289,11 @@ class IfaditCLI(LightningCLI):
             config.checkpoint.dirpath = str(root / experiment / run_name)
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        """Adds the hyper-parameter logger and the learning-rate monitor when there is a logger."""
+        """Adds the model-config writer (every checkpoint then rebuilds its model alone), and the
+        hyper-parameter logger and the learning-rate monitor when there is a logger."""
         trainer_config = self._get(self.config_init, "trainer", default={})
         callbacks: list[Callback] = list(trainer_config.get("callbacks") or [])
+        callbacks.append(ModelConfigCallback(self._active_config().model))
         if trainer_config.get("logger") is not False:
             callbacks.append(HyperparametersCallback())
             if not any(isinstance(cb, LearningRateMonitor) for cb in callbacks):

@@ -270,6 +270,10 @@ def test_validate_reads_a_checkpoint(
                           "--ckpt_path", str(checkpoint), "--trainer.logger", "false"])
     metrics = validated.trainer.callback_metrics
     assert {"val/score", "val/recovered_id_cos", "val/anon_id_cos"} <= set(metrics)
+    # the shared metrics suite, judged by the model's own encoder, agrees with the task's own number
+    suite = {k for k in metrics if k.startswith("val/suite/")}
+    assert {"val/suite/anonymity/own/cos", "val/suite/security/wrong_key/own/cos"} <= suite
+    torch.testing.assert_close(metrics["val/suite/anonymity/own/cos"], metrics["val/anon_id_cos"])
     assert all(torch.isfinite(value) for value in metrics.values())
 
 

@@ -59,3 +59,62 @@ def test_swap_pixel_loss_uses_the_rendered_target():
         z = m.identity_encoder(x)
         expected = m.render(z.roll(1, dims=0), m.attribute_encoder(x)).abs().mean()
     torch.testing.assert_close(terms["swap_pixel"].detach(), expected, rtol=1e-4, atol=1e-5)
+
+
+def _flow_task(**weights: float) -> IFADITTask:
+    task = IFADITTask(**_parts(), phase="flow")
+    for name in vars(task.losses):
+        if isinstance(getattr(task.losses, name), float) and name not in ("margin", "realism_threshold"):
+            setattr(task.losses, name, 0.0)
+    for name, value in weights.items():
+        setattr(task.losses, name, value)
+    return task
+
+
+def test_latent_terms_match_their_definitions_and_train_only_the_flow():
+    task = _flow_task(latent_anonymity=1.0, latent_two_key=2.0, latent_realism=1.0)
+    task.losses.margin = -1.0  # no clamp: every term is the plain mean cosine
+    task.losses.realism_threshold = 1.0
+    task.losses.realism_neighbours = 1
+    z = torch.nn.functional.normalize(torch.randn(6, 32), dim=1)
+    cond = task.model.key_scheme.sample(6)
+    z_a, _ = task.model.flow(z, cond)
+    z_b = z_a.roll(1, dims=0)
+    terms = task._latent_terms(z, z_a, z_b)
+    cos = torch.nn.functional.cosine_similarity
+    torch.testing.assert_close(terms["latent_anonymity"], cos(z_a, z).mean())
+    torch.testing.assert_close(terms["latent_two_key"], 2 * cos(z_a, z_b).mean())
+    # the queue holds this batch's real identities: nearest one per row, threshold 1 -> 1 - max cos
+    nearest = (torch.nn.functional.normalize(z_a, dim=1) @ z.T).max(dim=1).values
+    torch.testing.assert_close(terms["latent_realism"], (1 - nearest).mean())
+    sum(terms.values()).backward()
+    assert all(p.grad is not None for p in task.model.flow.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in task.model.generator.parameters())
+
+
+def test_identity_queue_keeps_the_newest_embeddings_up_to_its_size():
+    task = _flow_task(latent_realism=1.0)
+    task.losses.realism_queue_size = 10
+    batches = [torch.randn(4, 32) for _ in range(4)]
+    for z in batches:
+        queue = task._remember_identities(z)
+    assert queue.shape == (10, 32)
+    expected = torch.nn.functional.normalize(torch.cat(batches[::-1]), dim=1)[:10]
+    torch.testing.assert_close(queue, expected)
+
+
+def test_latent_wrong_key_inverts_with_a_fresh_key_and_zero_weights_compute_nothing():
+    task = _flow_task(latent_wrong_key=1.0)
+    z = torch.nn.functional.normalize(torch.randn(4, 32), dim=1)
+    z_a, _ = task.model.flow(z, task.model.key_scheme.sample(4))
+    terms = task._latent_terms(z, z_a, None)
+    assert set(terms) == {"latent_wrong_key"}
+    assert 0.1 <= terms["latent_wrong_key"].item() < 1.0  # margin-clamped mean cosine, not a recovery
+    assert _flow_task()._latent_terms(z, z_a, z_a) == {}
+
+
+def test_density_loss_needs_a_flow_with_a_density_model():
+    from ifadit.task import LossWeights
+
+    with pytest.raises(ValueError, match="needs a flow with its own density model"):
+        IFADITTask(**_parts(), phase="flow", losses=LossWeights(density=1.0))

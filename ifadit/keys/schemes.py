@@ -69,8 +69,12 @@ class KeyScheme(nn.Module, ABC):
         return self.embed(self.raw(secret, batch_size, device))
 
     def sample(self, batch_size: int, device: torch.device | None = None) -> Tensor:
-        """Conditions of fresh random secrets, one per sample (training and key-diversity metrics)."""
-        return self([SecretKey.generate() for _ in range(batch_size)], device=device)
+        """Conditions of fresh random secrets, one per sample (training and key-diversity metrics).
+
+        These keys are never anyone's secret, so they come from torch's generator rather than the OS:
+        a seeded run (``seed_everything``) then trains on the same keys every time and repeats."""
+        raw = torch.randint(0, 256, (batch_size, 32), dtype=torch.uint8)
+        return self([SecretKey(bytes(row.tolist())) for row in raw], device=device)
 
 
 def _uint32_words(secret: SecretKey, context: bytes, count: int) -> np.ndarray:

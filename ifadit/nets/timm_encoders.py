@@ -138,10 +138,12 @@ class ArcFaceHead(nn.Module):
 
 
 class TimmAttributeEncoder(AttributeEncoder):
-    """timm feature pyramid -> per-scale average pooling -> one linear map to ``n_styles x style_dim``.
+    """timm feature pyramid -> per-scale pooling -> one linear map to ``n_styles x style_dim``.
 
     Coarse and fine scales both reach every style code; the linear layer learns which style takes what,
-    the job pSp's per-style blocks do at much higher cost.
+    the job pSp's per-style blocks do at much higher cost. ``pool_grid=1`` averages each feature map to a
+    single vector, which throws away *where* things are (pose, framing); ``pool_grid=g`` keeps a g x g grid
+    of averages per map, so the codes can say where the face sits.
     """
 
     def __init__(
@@ -152,15 +154,19 @@ class TimmAttributeEncoder(AttributeEncoder):
         pretrained: bool = False,
         in_size: int | None = None,
         out_indices: tuple[int, ...] | None = None,
+        pool_grid: int = 1,
         checkpoint: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
+        if pool_grid < 1:
+            raise ValueError(f"pool_grid must be at least 1, got {pool_grid}")
         self.n_styles = n_styles
+        self.pool_grid = pool_grid
         self.style_dim = style_dim
         extra = {} if out_indices is None else {"out_indices": tuple(out_indices)}
         self.backbone = timm.create_model(backbone, pretrained=pretrained, features_only=True, **extra)
         self.adapter = _ImageAdapter(self.backbone, in_size)
-        channels = sum(self.backbone.feature_info.channels())
+        channels = sum(self.backbone.feature_info.channels()) * pool_grid * pool_grid
         self.norm = nn.LayerNorm(channels)
         self.to_styles = nn.Linear(channels, n_styles * style_dim)
         if checkpoint is not None:
@@ -168,6 +174,10 @@ class TimmAttributeEncoder(AttributeEncoder):
 
     def forward(self, images: Tensor) -> Tensor:
         feature_maps = self.backbone(self.adapter(images))
-        pooled = torch.cat([fmap.mean(dim=(2, 3)) for fmap in feature_maps], dim=1)
+        # Maps smaller than the grid are upsampled by adaptive pooling (repeated cells), so the feature
+        # length does not depend on the input size.
+        pooled = torch.cat(
+            [F.adaptive_avg_pool2d(fmap, self.pool_grid).flatten(1) for fmap in feature_maps], dim=1
+        )
         codes = self.to_styles(self.norm(pooled))
         return codes.view(images.shape[0], self.n_styles, self.style_dim)

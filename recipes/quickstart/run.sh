@@ -27,4 +27,7 @@ echo "== 4/4 a fresh key: anonymize and recover the held-out test identities =="
   --judge-config recipes/quickstart/judge.yaml --judge-ckpt "$CKPT/quickstart-judge/last.ckpt" \
   --key "$OUT/quickstart.key" --out "$OUT"
 echo "quickstart chain: $(( $(date +%s) - start )) s wall"
+echo "every metric of the suite (re-identification, security, diversity, utility):"
+echo "  $IFADIT evaluate --config recipes/quickstart/flow.yaml --ckpt $CKPT/quickstart-flow/last.ckpt \\"
+echo "    --recognizer $CKPT/quickstart-judge/last.ckpt:config=recipes/quickstart/judge.yaml --key $OUT/quickstart.key"
 echo "MLflow UI on the runs: .venv/bin/mlflow ui --backend-store-uri ${MLFLOW_TRACKING_URI}"
