@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 from torch import Tensor
 
 from ifadit.anonymizer import IFADIT
@@ -200,10 +201,17 @@ def markdown_report(report: EvaluationReport, title: str = "ifadit evaluate") ->
     return "\n".join(lines) + "\n"
 
 
+def save_grid(columns: list[Tensor], path: str | Path) -> Path:
+    """Rows of faces, one column per variant, as a PNG (images in [-1, 1])."""
+    rows = torch.stack(columns, dim=1).flatten(0, 1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torchvision.utils.save_image((rows.clamp(-1, 1) + 1) / 2, path, nrow=len(columns), padding=2)
+    return path
+
+
 def write_report(report: EvaluationReport, out: str | Path) -> dict[str, Path]:
     """``evaluation.json``, ``evaluation.md`` and (with samples) ``grid.png`` in ``out``."""
-    from ifadit.evaluation import save_grid
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "evaluation.json", "markdown": out / "evaluation.md"}

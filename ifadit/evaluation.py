@@ -13,12 +13,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import Tensor
 
 from ifadit.anonymizer import IFADIT
+from ifadit.evaluate import headline, run_suite, save_grid
 from ifadit.keys import SecretKey
 from ifadit.nets import IdentityEncoder
+from ifadit.recognizers import EncoderRecognizer
 from ifadit.text import format_rows
 
 
@@ -51,9 +52,6 @@ def evaluate_headline(
     A view on the metrics suite (:func:`ifadit.evaluate.run_suite`), so ``ifadit score`` and
     ``ifadit evaluate`` give the same numbers; wrong and second keys are the suite's fixed public keys
     (one wrong key per image), so the numbers repeat from run to run."""
-    from ifadit.evaluate import headline, run_suite
-    from ifadit.recognizers import EncoderRecognizer
-
     report = run_suite(
         model,
         batches,
@@ -73,15 +71,6 @@ def evaluate_headline(
         key_fingerprint=secret.fingerprint,
         **{name: float(value) for name, value in values.items()},
     )
-
-
-def save_grid(columns: list[Tensor], path: str | Path) -> Path:
-    """Rows of faces, one column per variant, as a PNG (images in [-1, 1])."""
-    rows = torch.stack(columns, dim=1).flatten(0, 1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torchvision.utils.save_image((rows.clamp(-1, 1) + 1) / 2, path, nrow=len(columns), padding=2)
-    return path
 
 
 def write_scores(scores: HeadlineScores, path: str | Path) -> Path:

@@ -477,9 +477,11 @@ class IFADITTask(L.LightningModule):
         m = self.model
         assert m is not None
         z = m.identity_encoder(x)
-        x_hat = m.reconstruct(x)
+        rendered = None
         if self.phase != "disentangle":
-            self._suite(stage).update(m, x, VALIDATION_KEYS[0], labels=batch.get("identity"))
+            # the suite renders the reconstruction, key A's anonymization and its recovery: reused below
+            rendered = self._suite(stage).update(m, x, VALIDATION_KEYS[0], labels=batch.get("identity"))
+        x_hat = m.reconstruct(x) if rendered is None else rendered["reconstruction"]
         metrics = {
             "recon_l1": F.l1_loss(x_hat, x),
             "recon_psnr": kornia.metrics.psnr((x_hat + 1) / 2, (x + 1) / 2, 1.0),
@@ -488,7 +490,7 @@ class IFADITTask(L.LightningModule):
         if self.phase == "disentangle":
             metrics["score"] = metrics["recon_l1"]
         else:
-            metrics.update(self._keyed_metrics(x, z))
+            metrics.update(self._keyed_metrics(x, z, rendered["anonymized"][:, 0], rendered["recovered"]))
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, sync_dist=True)
 
     def _suite(self, stage: str) -> AnonymizationSuite:
@@ -528,25 +530,27 @@ class IFADITTask(L.LightningModule):
         anonymized, recovered = m.anonymize_and_recover(x, cond)
         return {"image": x, "anonymized": anonymized.image, "recovered": recovered.image}
 
-    def _keyed_metrics(self, x: Tensor, z: Tensor) -> dict[str, Tensor]:
+    def _keyed_metrics(
+        self, x: Tensor, z: Tensor, anonymized: Tensor, recovered: Tensor
+    ) -> dict[str, Tensor]:
+        """``anonymized``, ``recovered``: ``x`` under validation key A and its recovery (the suite's)."""
         m = self.model
         assert m is not None
         n = x.shape[0]
         cond_a = m.key_scheme(VALIDATION_KEYS[0], batch_size=n).to(x.device)
         cond_b = m.key_scheme(VALIDATION_KEYS[1], batch_size=n).to(x.device)
-        anon_a, rec = m.anonymize_and_recover(x, cond_a)
         anon_b = m.anonymize(x, cond_b)
-        wrong = m.recover(anon_a.image, cond_b)
+        wrong = m.recover(anonymized, cond_b)
         cos = lambda img: F.cosine_similarity(m.identity_encoder(img), z).mean()  # noqa: E731
-        latent_error = (m.flow.inverse(anon_a.anonymized_identity, cond_a) - z).abs().max()
+        latent_error = (m.flow.inverse(m.flow(z, cond_a)[0], cond_a) - z).abs().max()
         metrics = {
-            "anon_id_cos": cos(anon_a.image),
-            "recovered_id_cos": cos(rec.image),
+            "anon_id_cos": cos(anonymized),
+            "recovered_id_cos": cos(recovered),
             "wrong_key_id_cos": cos(wrong.image),
             "two_key_id_cos": F.cosine_similarity(
-                m.identity_encoder(anon_a.image), m.identity_encoder(anon_b.image)
+                m.identity_encoder(anonymized), m.identity_encoder(anon_b.image)
             ).mean(),
-            "recovered_psnr": kornia.metrics.psnr((rec.image + 1) / 2, (x + 1) / 2, 1.0),
+            "recovered_psnr": kornia.metrics.psnr((recovered + 1) / 2, (x + 1) / 2, 1.0),
             "latent_roundtrip_error": latent_error,
         }
         # one number to pick the best checkpoint by: recovery high, everything else low

@@ -99,7 +99,7 @@ def test_two_processes_sync_to_the_single_process_result(tmp_path: Path) -> None
     assert other.exitcode == 0
     assert not dist.is_initialized()
     for rank in range(2):
-        got = torch.load(f"{out}.{rank}")
+        got = torch.load(f"{out}.{rank}", weights_only=True)
         assert set(got) == set(expected)
         for key, value in expected.items():
             if math.isnan(value):
