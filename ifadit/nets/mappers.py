@@ -41,6 +41,8 @@ class LatentMapper(nn.Module):
 
     The identity is broadcast over the styles and concatenated with each style's attribute code; one MLP,
     shared by all styles as in the official code, maps every (identity ‖ attribute) row to a W code.
+    ``layout_tokens``: rows after the styles (an attribute encoder's spatial layout) pass through as they are:
+    the identity reaches the image through W alone.
     """
 
     def __init__(
@@ -51,8 +53,12 @@ class LatentMapper(nn.Module):
         hidden: int = 512,
         w_dim: int | None = None,
         negative_slope: float = NEGATIVE_SLOPE,
+        layout_tokens: int = 0,
     ) -> None:
         super().__init__()
+        if layout_tokens and w_dim not in (None, style_dim):
+            raise ValueError("layout_tokens pass through unchanged, so they need w_dim == style_dim")
+        self.layout_tokens = layout_tokens
         self.id_dim = id_dim
         self.style_dim = style_dim
         self.n_styles = n_styles
@@ -62,11 +68,11 @@ class LatentMapper(nn.Module):
     def forward(self, identity: Tensor, attributes: Tensor) -> Tensor:
         """``identity`` (B, id_dim) or already broadcast (B, n_styles, id_dim); ``attributes``
         (B, n_styles, style_dim) -> W+ (B, n_styles, w_dim)."""
-        if attributes.dim() != 3 or attributes.shape[1:] != (self.n_styles, self.style_dim):
-            raise ValueError(
-                f"expected attributes of shape (batch, {self.n_styles}, {self.style_dim}), "
-                f"got {tuple(attributes.shape)}"
-            )
+        rows = self.n_styles + self.layout_tokens
+        if attributes.dim() != 3 or attributes.shape[1:] != (rows, self.style_dim):
+            shape = tuple(attributes.shape)
+            raise ValueError(f"expected attributes of shape (batch, {rows}, {self.style_dim}), got {shape}")
+        attributes, layout = attributes[:, : self.n_styles], attributes[:, self.n_styles :]
         if identity.dim() == 2:
             identity = identity.unsqueeze(1)
         if identity.dim() != 3 or identity.shape[-1] != self.id_dim:
@@ -74,7 +80,8 @@ class LatentMapper(nn.Module):
                 f"expected identity of shape (batch, {self.id_dim}), got {tuple(identity.shape)}"
             )
         identity = identity.expand(attributes.shape[0], self.n_styles, self.id_dim)
-        return self.model(torch.cat((identity, attributes), dim=2))
+        w_plus = self.model(torch.cat((identity, attributes), dim=2))
+        return torch.cat((w_plus, layout), dim=1) if self.layout_tokens else w_plus
 
     def map_concatenated(self, concatenated: Tensor) -> Tensor:
         """The official call form: an already concatenated (B, n_styles, id_dim + style_dim) tensor."""

@@ -144,6 +144,10 @@ class TimmAttributeEncoder(AttributeEncoder):
     the job pSp's per-style blocks do at much higher cost. ``pool_grid=1`` averages each feature map to a
     single vector, which throws away *where* things are (pose, framing); ``pool_grid=g`` keeps a g x g grid
     of averages per map, so the codes can say where the face sits.
+
+    ``layout_size=s`` also returns a spatial layout: every feature map pooled to s x s, a 1x1 conv to
+    ``style_dim`` channels, appended as ``s * s`` rows after the styles, (B, n_styles + s*s, style_dim).
+    A generator built with the same ``layout_size`` takes them as its spatial input.
     """
 
     def __init__(
@@ -156,10 +160,13 @@ class TimmAttributeEncoder(AttributeEncoder):
         out_indices: tuple[int, ...] | None = None,
         pool_grid: int = 1,
         checkpoint: str | os.PathLike[str] | None = None,
+        layout_size: int = 0,
     ) -> None:
         super().__init__()
         if pool_grid < 1:
             raise ValueError(f"pool_grid must be at least 1, got {pool_grid}")
+        if layout_size < 0:
+            raise ValueError(f"layout_size must be 0 (no layout) or positive, got {layout_size}")
         self.n_styles = n_styles
         self.pool_grid = pool_grid
         self.style_dim = style_dim
@@ -169,6 +176,12 @@ class TimmAttributeEncoder(AttributeEncoder):
         channels = sum(self.backbone.feature_info.channels()) * pool_grid * pool_grid
         self.norm = nn.LayerNorm(channels)
         self.to_styles = nn.Linear(channels, n_styles * style_dim)
+        self.layout_size = layout_size
+        if layout_size:
+            self.to_layout = nn.Sequential(
+                nn.GroupNorm(1, sum(self.backbone.feature_info.channels())),
+                nn.Conv2d(sum(self.backbone.feature_info.channels()), style_dim, 1),
+            )
         if checkpoint is not None:
             _load_own_checkpoint(self, checkpoint)
 
@@ -179,5 +192,9 @@ class TimmAttributeEncoder(AttributeEncoder):
         pooled = torch.cat(
             [F.adaptive_avg_pool2d(fmap, self.pool_grid).flatten(1) for fmap in feature_maps], dim=1
         )
-        codes = self.to_styles(self.norm(pooled))
-        return codes.view(images.shape[0], self.n_styles, self.style_dim)
+        codes = self.to_styles(self.norm(pooled)).view(images.shape[0], self.n_styles, self.style_dim)
+        if not self.layout_size:
+            return codes
+        grid = torch.cat([F.adaptive_avg_pool2d(fmap, self.layout_size) for fmap in feature_maps], dim=1)
+        layout = self.to_layout(grid).flatten(2).transpose(1, 2)  # (B, s*s, style_dim), row-major cells
+        return torch.cat((codes, layout), dim=1)
