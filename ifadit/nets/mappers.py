@@ -67,7 +67,7 @@ class LatentMapper(nn.Module):
 
     def forward(self, identity: Tensor, attributes: Tensor) -> Tensor:
         """``identity`` (B, id_dim) or already broadcast (B, n_styles, id_dim); ``attributes``
-        (B, n_styles, style_dim) -> W+ (B, n_styles, w_dim)."""
+        (B, n_styles + layout_tokens, style_dim) -> W+ (B, n_styles + layout_tokens, w_dim)."""
         rows = self.n_styles + self.layout_tokens
         if attributes.dim() != 3 or attributes.shape[1:] != (rows, self.style_dim):
             shape = tuple(attributes.shape)

@@ -402,9 +402,8 @@ class StyleGAN2Generator(Generator):
             )
         layout = None
         if self.layout_size:
-            side = self.layout_size
-            grid = w_plus[:, self.n_latent :].transpose(1, 2).reshape(-1, self.style_dim, side, side)
-            layout = self.layout(grid)
+            grid = w_plus[:, self.n_latent :].transpose(1, 2)
+            layout = self.layout(grid.reshape(-1, self.style_dim, self.layout_size, self.layout_size))
         if noise is None:
             if randomize_noise:
                 noise = [None] * self.num_layers
@@ -413,16 +412,17 @@ class StyleGAN2Generator(Generator):
         elif len(noise) != self.num_layers:
             raise ValueError(f"expected {self.num_layers} noise maps, got {len(noise)}")
 
-        out = self.input(w_plus.shape[0])
-        if layout is not None and self.layout_size == 4:
-            out = out + layout
-        out = self.conv1(out, w_plus[:, 0], noise[0])
+        def with_layout(activations: Tensor) -> Tensor:
+            """The layout joins the first activations at its resolution (the constant input for s = 4)."""
+            if layout is None or activations.shape[-1] != self.layout_size:
+                return activations
+            return activations + layout
+
+        out = self.conv1(with_layout(self.input(w_plus.shape[0])), w_plus[:, 0], noise[0])
         skip = self.to_rgb1(out, w_plus[:, 1])
         for level, to_rgb in enumerate(self.to_rgbs):
             i = 2 * level + 1
-            out = self.convs[2 * level](out, w_plus[:, i], noise[i])
-            if layout is not None and out.shape[-1] == self.layout_size:
-                out = out + layout
+            out = with_layout(self.convs[2 * level](out, w_plus[:, i], noise[i]))
             out = self.convs[2 * level + 1](out, w_plus[:, i + 1], noise[i + 1])
             skip = to_rgb(out, w_plus[:, i + 2], skip)
         return skip

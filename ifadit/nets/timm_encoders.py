@@ -173,14 +173,14 @@ class TimmAttributeEncoder(AttributeEncoder):
         extra = {} if out_indices is None else {"out_indices": tuple(out_indices)}
         self.backbone = timm.create_model(backbone, pretrained=pretrained, features_only=True, **extra)
         self.adapter = _ImageAdapter(self.backbone, in_size)
-        channels = sum(self.backbone.feature_info.channels()) * pool_grid * pool_grid
+        feature_channels = sum(self.backbone.feature_info.channels())
+        channels = feature_channels * pool_grid * pool_grid
         self.norm = nn.LayerNorm(channels)
         self.to_styles = nn.Linear(channels, n_styles * style_dim)
         self.layout_size = layout_size
         if layout_size:
             self.to_layout = nn.Sequential(
-                nn.GroupNorm(1, sum(self.backbone.feature_info.channels())),
-                nn.Conv2d(sum(self.backbone.feature_info.channels()), style_dim, 1),
+                nn.GroupNorm(1, feature_channels), nn.Conv2d(feature_channels, style_dim, 1)
             )
         if checkpoint is not None:
             _load_own_checkpoint(self, checkpoint)
