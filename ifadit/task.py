@@ -80,6 +80,11 @@ class LossWeights:
     # ``_latent_terms``); they need a generator that renders a real-looking identity vector faithfully.
     latent_anonymity: float = 0.0  # cos(F(z, c), z) below the margin
     latent_two_key: float = 0.0  # cos(F(z, c), F(z, c')) below the margin
+    # L_inter on F(z, c) over the batch, all faces under one key: without it the flow learns one target
+    # identity per key whatever the input (quickstart, measured: 50 test identities under one key at
+    # pairwise cosine 0.64-0.96, 0.02 for the real ones), so two keys collide and the inverse is
+    # ill-conditioned.
+    latent_batch_diversity: float = 0.0
     latent_wrong_key: float = 0.0  # cos(F^-1(F(z, c), c'), z) below the margin
     latent_realism: float = 0.0  # F(z, c) lies among real identities (a queue of recent embeddings)
     # |F^-1(C(E_id(x_anon)), c) - z|^2, error after the inverse. Measured on the quickstart (with latent_norm
@@ -133,6 +138,7 @@ class IFADITTask(L.LightningModule):
         optimizer: OptimizerConfig | None = None,
         val_sample_count: int = 8,
         predict_key_file: str | None = None,
+        training_keys: Literal["per_sample", "per_batch"] = "per_sample",
     ) -> None:
         super().__init__()
         if phase not in PHASES:
@@ -150,7 +156,10 @@ class IFADITTask(L.LightningModule):
                 "optimizer",
             ]
         )
+        if training_keys not in ("per_sample", "per_batch"):
+            raise ValueError(f"training_keys must be 'per_sample' or 'per_batch', got {training_keys!r}")
         self.phase = phase
+        self.training_keys = training_keys
         self.losses = losses or LossWeights()
         self.optim = optimizer or OptimizerConfig()
         self.hparams["losses"] = asdict(self.losses)
@@ -347,6 +356,14 @@ class IFADITTask(L.LightningModule):
                 terms["swap_pixel"] = w.swap_pixel * F.l1_loss(x_swap, swap_target)
         return terms, x_hat
 
+    def _training_keys(self, batch: int, device: torch.device) -> Tensor:
+        """Fresh random key conditions for one step. ``per_batch`` (the official code's choice) gives the
+        whole batch one key, so the batch-diversity terms compare different faces under the same key."""
+        assert self.model is not None and self.model.key_scheme is not None
+        if self.training_keys == "per_batch":
+            return self.model.key_scheme.sample(1, device=device).expand(batch, -1)
+        return self.model.key_scheme.sample(batch, device=device)
+
     def _flow_terms(self, x: Tensor) -> dict[str, Tensor]:
         m, w = self.model, self.losses
         assert m is not None
@@ -357,7 +374,7 @@ class IFADITTask(L.LightningModule):
             a = m.attribute_encoder(x)
         if frozen_front:
             a = a.detach()
-        cond_a = m.key_scheme.sample(batch, device=x.device)
+        cond_a = self._training_keys(batch, x.device)
         z_a, _ = m.flow(z, cond_a)
         x_a = m.render(z_a, a)
         f_a = m.identity_encoder(x_a)
@@ -370,7 +387,7 @@ class IFADITTask(L.LightningModule):
             terms["latent_norm"] = w.latent_norm * (z_a.norm(dim=1) - 1).pow(2).mean()
         z_b = None
         if w.two_key_diversity or w.latent_two_key:
-            z_b, _ = m.flow(z, m.key_scheme.sample(batch, device=x.device))
+            z_b, _ = m.flow(z, self._training_keys(batch, x.device))
         if w.two_key_diversity:
             f_b = m.identity_encoder(m.render(z_b, a))
             terms["two_key_diversity"] = w.two_key_diversity * anonymity_loss(f_a, f_b, w.margin)
@@ -404,7 +421,7 @@ class IFADITTask(L.LightningModule):
                 if w.recovery_image:
                     terms["recovery_image"] = w.recovery_image * F.l1_loss(x_rec, x)
             if w.wrong_key:
-                z_wrong = m.flow.inverse(flow_input, m.key_scheme.sample(batch, device=x.device))
+                z_wrong = m.flow.inverse(flow_input, self._training_keys(batch, x.device))
                 f_wrong = m.identity_encoder(m.render(z_wrong, a_anon))
                 terms["wrong_key"] = w.wrong_key * anonymity_loss(f_wrong, z, w.margin)
         return terms
@@ -421,8 +438,14 @@ class IFADITTask(L.LightningModule):
             terms["latent_anonymity"] = w.latent_anonymity * anonymity_loss(z_a, z, w.margin)
         if w.latent_two_key and z_b is not None:
             terms["latent_two_key"] = w.latent_two_key * anonymity_loss(z_a, z_b, w.margin)
+        if w.latent_batch_diversity:
+            # The batch's faces under one fresh key (one more flow pass; the training keys differ per sample).
+            z_same, _ = m.flow(z, self._training_keys(1, z.device).expand(z.shape[0], -1))
+            terms["latent_batch_diversity"] = w.latent_batch_diversity * batch_diversity_loss(
+                z_same, w.diversity_threshold
+            )
         if w.latent_wrong_key:
-            wrong = m.key_scheme.sample(z.shape[0], device=z.device)
+            wrong = self._training_keys(z.shape[0], z.device)
             z_wrong = m.flow.inverse(z_a, wrong)
             terms["latent_wrong_key"] = w.latent_wrong_key * anonymity_loss(z_wrong, z, w.margin)
         queue = self._remember_identities(z) if (w.density or w.latent_realism) else None

@@ -118,3 +118,31 @@ def test_density_loss_needs_a_flow_with_a_density_model():
 
     with pytest.raises(ValueError, match="needs a flow with its own density model"):
         IFADITTask(**_parts(), phase="flow", losses=LossWeights(density=1.0))
+
+
+def test_latent_batch_diversity_is_l_inter_on_the_batch_under_one_fresh_key():
+    task = _flow_task(latent_batch_diversity=0.5, diversity_threshold=0.1)
+    z = torch.nn.functional.normalize(torch.randn(6, 32), dim=1)
+    torch.manual_seed(3)
+    terms = task._latent_terms(z, z, None)
+    torch.manual_seed(3)
+    z_same, _ = task.model.flow(z, task.model.key_scheme.sample(1).expand(6, -1))
+    unit = torch.nn.functional.normalize(z_same, dim=1)
+    pairs = (unit @ unit.T)[torch.tril(torch.ones(6, 6, dtype=torch.bool), diagonal=-1)]
+    torch.testing.assert_close(terms["latent_batch_diversity"], 0.5 * (pairs * (pairs >= 0.1)).sum())
+    # six copies of one identity: one key sends them to one point, all 15 pairs at cosine 1
+    same = task._latent_terms(z[:1].expand(6, -1), z, None)["latent_batch_diversity"]
+    torch.testing.assert_close(same, torch.tensor(7.5))
+
+
+def test_training_keys_per_batch_share_one_fresh_key_per_step():
+    task = IFADITTask(**_parts(), phase="flow", training_keys="per_batch")
+    first, second = task._training_keys(5, torch.device("cpu")), task._training_keys(5, torch.device("cpu"))
+    assert first.shape == (5, 32)
+    assert torch.equal(first, first[:1].expand(5, -1))
+    assert not torch.allclose(first[0], second[0])
+    per_sample = IFADITTask(**_parts(), phase="flow")._training_keys(5, torch.device("cpu"))
+    assert not torch.allclose(per_sample[0], per_sample[1])
+    with pytest.raises(ValueError, match="training_keys must be 'per_sample' or 'per_batch', got 'each'"):
+        IFADITTask(**_parts(), phase="flow", training_keys="each")
+

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The quickstart chain on SynthFaces 64 px, CPU: two recognizers (in parallel, one core each), phase 1, phase 2,
+# The quickstart chain on SynthFaces 64 px, CPU: two recognizers (in parallel: the identity encoder on two
+# threads, the shorter judge on one, sharing the two cores), phase 1, phase 2,
 # then a fresh key anonymizes and recovers the held-out test identities, scored by the independent judge.
 set -euo pipefail  # pipefail: a failed fit fails the chain even through tee
 IFADIT=${IFADIT:-.venv/bin/ifadit}
@@ -10,8 +11,8 @@ start=$(date +%s)
 rm -rf "$CKPT"/quickstart-* "$OUT"   # each run chains from its own checkpoints, never from an older run's
 mkdir -p "$OUT"
 
-echo "== 1/4 identity encoder and judge (two recognizers, trained apart) =="
-OMP_NUM_THREADS=1 "$IFADIT" fit --config recipes/quickstart/recognizer.yaml > "$OUT/recognizer.log" 2>&1 & rec=$!
+echo "== 1/4 identity encoder and judge (two recognizers, trained apart; the judge on one thread) =="
+OMP_NUM_THREADS=2 "$IFADIT" fit --config recipes/quickstart/recognizer.yaml > "$OUT/recognizer.log" 2>&1 & rec=$!
 OMP_NUM_THREADS=1 "$IFADIT" fit --config recipes/quickstart/judge.yaml > "$OUT/judge.log" 2>&1 & judge=$!
 wait $rec || { tail -n 20 "$OUT/recognizer.log"; exit 1; }
 wait $judge || { tail -n 20 "$OUT/judge.log"; exit 1; }
