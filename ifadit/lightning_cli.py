@@ -28,10 +28,12 @@ from ifadit.tracking import (
     DEFAULT_EXPERIMENT,
     HyperparametersCallback,
     ImageGridCallback,
+    MLflowRunInCheckpoint,
     MLflowSaveConfigCallback,
     default_artifact_location,
     mlflow_uri_default,
     prepare_tracking_uri,
+    run_to_resume,
 )
 
 # The registry group of every component argument of IFADITTask.
@@ -287,6 +289,20 @@ class IfaditCLI(LightningCLI):
             root_dir = config.trainer.get("default_root_dir")
             root = Path(root_dir) / "checkpoints" if root_dir else CHECKPOINT_ROOT
             config.checkpoint.dirpath = str(root / experiment / run_name)
+        if self.subcommand == "fit" and mlflow_loggers:
+            self._continue_mlflow_run(config, mlflow_loggers[0].init_args)
+
+    @staticmethod
+    def _continue_mlflow_run(config: Namespace, logger_args: Namespace) -> None:
+        """``--ckpt_path`` resumes the MLflow run that wrote the checkpoint too, instead of a new run under
+        the same name; an explicit ``run_id`` wins."""
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path or logger_args.get("run_id"):
+            return
+        checkpoint = Path(config.checkpoint.dirpath) / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+        run_id = run_to_resume(checkpoint, logger_args.tracking_uri)
+        if run_id:
+            logger_args.run_id = run_id
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """Adds the model-config writer (every checkpoint then rebuilds its model alone), and the
@@ -295,7 +311,7 @@ class IfaditCLI(LightningCLI):
         callbacks: list[Callback] = list(trainer_config.get("callbacks") or [])
         callbacks.append(ModelConfigCallback(self._active_config().model))
         if trainer_config.get("logger") is not False:
-            callbacks.append(HyperparametersCallback())
+            callbacks += [HyperparametersCallback(), MLflowRunInCheckpoint()]
             if not any(isinstance(cb, LearningRateMonitor) for cb in callbacks):
                 callbacks.append(LearningRateMonitor(logging_interval="step"))
         return super().instantiate_trainer(callbacks=callbacks, **kwargs)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 DEFAULT_TRACKING_URI = "sqlite:///outputs/mlflow.db"
@@ -29,6 +30,9 @@ CONFIG_ARTIFACT = "config.yaml"
 SAMPLES_DIR = "samples"
 _SQLITE_PREFIX = "sqlite:///"
 MAX_PARAM_KEY_LENGTH = 250  # mlflow's limit on parameter names
+MAX_PARAM_VALUE_LENGTH = 250  # where Lightning's MLFlowLogger cuts parameter values
+# Checkpoint entry naming the MLflow run that wrote it: ``--ckpt_path`` continues that run.
+MLFLOW_RUN_KEY = "ifadit_mlflow_run_id"
 
 
 def mlflow_uri_default() -> str:
@@ -89,6 +93,40 @@ def local_log_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.default_root_dir)
 
 
+class MLflowRunInCheckpoint(L.Callback):
+    """Writes the MLflow run id into every checkpoint, so a fit resumed from it logs into the same run
+    (see :func:`run_to_resume`). A run id is an opaque store name: nothing secret."""
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        logger = find_mlflow_logger(trainer)
+        run_id = logger.run_id if logger is not None and trainer.is_global_zero else None
+        if run_id:
+            checkpoint[MLFLOW_RUN_KEY] = run_id
+
+
+def run_to_resume(checkpoint: str | Path, tracking_uri: str) -> str | None:
+    """The id of the MLflow run that wrote ``checkpoint``, when that run is still in the store at
+    ``tracking_uri``; None otherwise (no such file, an older checkpoint without the entry, another store)."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        return None
+    try:  # mmap: only the entry is needed, not the weights
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # an unreadable checkpoint is reported by Lightning when it restores it
+        return None
+    run_id = state.get(MLFLOW_RUN_KEY) if isinstance(state, dict) else None
+    if not isinstance(run_id, str):
+        return None
+    try:
+        run = mlflow.tracking.MlflowClient(tracking_uri).get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        rank_zero_warn(f"{path} was written by MLflow run {run_id}, not in this store: a new run starts")
+        return None
+    return run_id if run.info.lifecycle_stage == "active" else None
+
+
 class MLflowSaveConfigCallback(SaveConfigCallback):
     """Stores the resolved CLI config as the run's ``config.yaml`` artifact.
 
@@ -136,6 +174,19 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any
     return flat
 
 
+def _unlogged_params(logger: MLFlowLogger, params: dict[str, Any]) -> dict[str, Any]:
+    """The params a (resumed) MLflow run does not hold yet. MLflow refuses to change a logged value, so a
+    resumed fit with other settings keeps the first values and says which differ."""
+    logged = logger.experiment.get_run(logger.run_id).data.params
+    changed = sorted(
+        k for k, v in params.items() if k in logged and logged[k] != str(v)[:MAX_PARAM_VALUE_LENGTH]
+    )
+    if changed:
+        rank_zero_warn(f"MLflow run {logger.run_id} keeps its first values of the changed params "
+                       f"{', '.join(changed)}")
+    return {k: v for k, v in params.items() if k not in logged}
+
+
 class HyperparametersCallback(L.Callback):
     """Logs the module's hyper-parameters once its ``setup`` has run.
 
@@ -155,8 +206,12 @@ class HyperparametersCallback(L.Callback):
         params = flatten_params(dict(pl_module.hparams))
         if trainer.datamodule is not None and getattr(trainer.datamodule, "hparams", None):
             params.update(flatten_params(dict(trainer.datamodule.hparams), "data."))
+        if not trainer.is_global_zero:  # loggers write on rank 0 only
+            return
         for logger in trainer.loggers:
-            logger.log_hyperparams(params)
+            unlogged = _unlogged_params(logger, params) if isinstance(logger, MLFlowLogger) else params
+            if unlogged:
+                logger.log_hyperparams(unlogged)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._log(trainer, pl_module)

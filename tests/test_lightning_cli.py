@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -404,13 +405,20 @@ def test_sigkilled_fit_resumes_from_its_last_checkpoint(
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", _sqlite_uri(tmp_path))
+    client = MlflowClient(_sqlite_uri(tmp_path))
+    [killed_run] = client.search_runs(client.get_experiment_by_name("ifadit").experiment_id)
+    def logged_steps() -> Counter[int]:
+        return Counter(m.step for m in client.get_metric_history(killed_run.info.run_id, "train/loss"))
+
+    before = logged_steps()
     resumed = cli_main([*common, "--trainer.max_steps", str(saved_step + 2), "--ckpt_path", "last"])
     assert resumed.trainer.global_step == saved_step + 2
-    # the resumed process trained exactly the two missing steps, numbered on from the checkpoint
-    client = MlflowClient(_sqlite_uri(tmp_path))
-    run_id = resumed.trainer.logger.run_id
-    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
-    assert steps == [saved_step, saved_step + 1]
+    # the same MLflow run goes on (no second run under the same name) ...
+    assert resumed.trainer.logger.run_id == killed_run.info.run_id
+    assert len(client.search_runs(killed_run.info.experiment_id)) == 1
+    assert client.get_run(killed_run.info.run_id).info.status == "FINISHED"
+    # ... with exactly the two missing steps, numbered on from the checkpoint
+    assert logged_steps() - before == Counter([saved_step, saved_step + 1])
     assert _checkpoint(last)["global_step"] == saved_step + 2
 
 

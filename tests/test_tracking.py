@@ -22,14 +22,17 @@ from torch.utils.data import DataLoader
 from ifadit.tracking import (
     DEFAULT_TRACKING_URI,
     MAX_PARAM_KEY_LENGTH,
+    MLFLOW_RUN_KEY,
     HyperparametersCallback,
     ImageGridCallback,
+    MLflowRunInCheckpoint,
     MLflowSaveConfigCallback,
     default_artifact_location,
     flatten_params,
     grid_to_uint8,
     mlflow_uri_default,
     prepare_tracking_uri,
+    run_to_resume,
     sqlite_path,
 )
 
@@ -212,6 +215,42 @@ def test_hyperparameters_are_logged_after_setup(tmp_path: Path, store: str) -> N
     params = MlflowClient(store).get_run(logger.run_id).data.params
     assert params == {"width": "3", "with_grid": "True", "weights.first": "1.0", "weights.second": "0.5",
                       "from_setup": "8"}
+
+
+def test_a_resumed_run_logs_only_new_params_and_names_the_changed_ones(tmp_path: Path, store: str) -> None:
+    first = _mlflow_logger(store, "params", "resumed")
+    _trainer(tmp_path, first, [HyperparametersCallback()], max_epochs=1,
+             enable_autolog_hparams=False).fit(GridModule(width=3), RandomFaces())
+    again = MLFlowLogger(experiment_name="params", tracking_uri=store, run_id=first.run_id)
+    trainer = _trainer(tmp_path, again, [HyperparametersCallback()], max_epochs=1,
+                       enable_autolog_hparams=False)
+    module = GridModule(width=3, with_grid=False)  # one setting changed on resume
+    with pytest.warns(UserWarning, match=r"keeps its first values of the changed params with_grid$"):
+        trainer.fit(module, RandomFaces())
+    params = MlflowClient(store).get_run(first.run_id).data.params
+    assert params["with_grid"] == "True" and params["width"] == "3"  # MLflow keeps what was logged first
+
+
+def test_checkpoints_name_their_mlflow_run_and_a_resume_finds_it(tmp_path: Path, store: str) -> None:
+    logger = _mlflow_logger(store, "resume", "resume")
+    trainer = _trainer(tmp_path, logger, [], max_epochs=1)
+    trainer.fit(GridModule(), RandomFaces())
+    checkpoint: dict = {}
+    MLflowRunInCheckpoint().on_save_checkpoint(trainer, trainer.lightning_module, checkpoint)
+    assert checkpoint == {MLFLOW_RUN_KEY: logger.run_id}
+    written = tmp_path / "run.ckpt"
+    torch.save(checkpoint, written)
+    assert run_to_resume(written, store) == logger.run_id
+    # an older checkpoint without the entry, a missing file, a run of another store: start a new run
+    torch.save({"state_dict": {}}, tmp_path / "old.ckpt")
+    assert run_to_resume(tmp_path / "old.ckpt", store) is None
+    assert run_to_resume(tmp_path / "missing.ckpt", store) is None
+    other_store = f"sqlite:///{tmp_path / 'other.db'}"
+    prepare_tracking_uri(other_store)
+    with pytest.warns(UserWarning, match="not in this store: a new run starts"):
+        assert run_to_resume(written, other_store) is None
+    MlflowClient(store).delete_run(logger.run_id)
+    assert run_to_resume(written, store) is None
 
 
 def test_save_config_callback_stores_the_resolved_config_as_an_artifact(tmp_path: Path, store: str) -> None:
