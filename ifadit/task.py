@@ -17,6 +17,7 @@ config; a weight of 0 switches the term off and skips its computation.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ifadit.anonymizer import IFADIT
-from ifadit.flows import KeyedFlow
+from ifadit.flows import KeyedFlow, PrincipalSubspace, SubspaceFlow
 from ifadit.keys import KeyScheme, SecretKey
 from ifadit.losses import anonymity_loss, batch_diversity_loss, identity_loss
 from ifadit.metrics import AnonymizationSuite
@@ -139,6 +140,7 @@ class IFADITTask(L.LightningModule):
         val_sample_count: int = 8,
         predict_key_file: str | None = None,
         training_keys: Literal["per_sample", "per_batch"] = "per_sample",
+        identity_subspace: PrincipalSubspace | None = None,
     ) -> None:
         super().__init__()
         if phase not in PHASES:
@@ -152,6 +154,7 @@ class IFADITTask(L.LightningModule):
                 "flow",
                 "key_scheme",
                 "compensator",
+                "identity_subspace",
                 "losses",
                 "optimizer",
             ]
@@ -194,6 +197,9 @@ class IFADITTask(L.LightningModule):
                 if not hasattr(key_scheme, "attach_mapping"):
                     raise ValueError(f"{type(key_scheme).__name__} cannot use a generator's mapping network")
                 key_scheme.attach_mapping(generator.map)
+            if keyed and identity_subspace is not None:
+                # the flow acts on the principal coordinates of real identities only (ifadit.flows.subspace)
+                flow = SubspaceFlow(flow, identity_subspace)
             self.model = IFADIT(
                 identity_encoder,
                 attribute_encoder,
@@ -228,21 +234,39 @@ class IFADITTask(L.LightningModule):
             )
 
     def on_fit_start(self) -> None:
-        if self.model is None or self.phase not in ("flow", "joint") or not self.losses.queue_warmup_images:
+        """Before the first step: fit the identity subspace (when the flow has one and no checkpoint
+        brought it) and fill the queue of real identities (``losses.queue_warmup_images``)."""
+        if self.model is None or self.phase not in ("flow", "joint"):
             return
+        subspace = self.model.flow.subspace if isinstance(self.model.flow, SubspaceFlow) else None
+        if subspace is not None and not bool(subspace.fitted):
+            subspace.fit(torch.cat(list(self._training_embeddings(subspace.fit_images))))
+            for buffer in subspace.buffers():  # every rank keeps rank 0's basis
+                buffer.copy_(self.trainer.strategy.broadcast(buffer, src=0))
+            self.print(f"identity subspace: {subspace.rank} of {subspace.dim} directions fitted")
+        if self.losses.queue_warmup_images:
+            for embeddings in self._training_embeddings(self.losses.queue_warmup_images):
+                self._remember_identities(embeddings)
+
+    def _training_embeddings(self, count: int) -> Iterator[Tensor]:
+        """Identity embeddings of ``count`` training faces (fewer if the data is smaller), in eval mode."""
         datamodule = self.trainer.datamodule if self.trainer else None
         if datamodule is None:
-            raise ValueError("losses.queue_warmup_images needs a datamodule to draw training faces from")
+            raise ValueError("the identity subspace and queue are filled from a datamodule's training faces")
+        assert self.model is not None
         encoder, seen = self.model.identity_encoder, 0
         was_training = encoder.training
         encoder.eval()
-        with torch.no_grad():
-            for batch in datamodule.train_dataloader():
-                self._remember_identities(encoder(batch["image"].to(self.device)))
-                seen += batch["image"].shape[0]
-                if seen >= self.losses.queue_warmup_images:
-                    break
-        encoder.train(was_training)
+        try:
+            with torch.no_grad():
+                for batch in datamodule.train_dataloader():
+                    embeddings = encoder(batch["image"].to(self.device))
+                    yield embeddings
+                    seen += embeddings.shape[0]
+                    if seen >= count:
+                        return
+        finally:
+            encoder.train(was_training)
 
     def _trainable_parts(self) -> list[nn.Module]:
         m = self.model

@@ -302,6 +302,30 @@ def test_score_judges_a_flow_checkpoint_with_another_recognizer(chain: ChainRun,
     assert "judge cos(original, recovered)" in capsys.readouterr().out
 
 
+def test_a_subspace_flow_trains_and_its_checkpoint_rebuilds_the_model(
+    chain: ChainRun, synth_root: str
+) -> None:
+    """The flow in the principal identity subspace, fitted when phase 2 starts, saved, and rebuilt from the
+    checkpoint alone (its stored config) with the same outputs."""
+    from ifadit import Anonymizer
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(chain.work)
+        args = ["fit", "--config", str(CONF / "flow_subspace.yaml"), "--data.root", synth_root,
+                "--model.init_from", str(_run_checkpoint_dir(chain.work, "disentangle") / "last.ckpt"),
+                "--trainer.logger", "false"]
+        fitted = cli_main(args)
+    flow = fitted.model.model.flow
+    assert bool(flow.subspace.fitted) and flow.dim == 64 and flow.flow.dim == 8
+    checkpoint = chain.work / "outputs" / "checkpoints" / "ifadit" / "conf-flow_subspace" / "last.ckpt"
+    rebuilt = Anonymizer.from_checkpoint(checkpoint).model
+    z = torch.nn.functional.normalize(torch.randn(3, 64), dim=1)
+    cond = rebuilt.key_scheme(SecretKey.load(chain.key_file), batch_size=3)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.flow(z, cond)[0], flow.cpu().eval()(z, cond)[0])
+        torch.testing.assert_close(rebuilt.flow.inverse(rebuilt.flow(z, cond)[0], cond), z)
+
+
 def _runs_by_name(work: Path) -> dict[str, object]:
     client = MlflowClient(_sqlite_uri(work))
     experiment = client.get_experiment_by_name("ifadit")

@@ -1,9 +1,12 @@
 """Task wiring that the CLI tests do not reach."""
 
+import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from ifadit import registry
+from ifadit.flows.subspace import PrincipalSubspace, SubspaceFlow
 from ifadit.keys import SecretKey
 from ifadit.task import IFADITTask
 
@@ -146,3 +149,50 @@ def test_training_keys_per_batch_share_one_fresh_key_per_step():
     with pytest.raises(ValueError, match="training_keys must be 'per_sample' or 'per_batch', got 'each'"):
         IFADITTask(**_parts(), phase="flow", training_keys="each")
 
+
+
+class _RandomFaces(L.LightningDataModule):
+    """24 fixed random 32 px 'faces' in FaceDataModule's batch format."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        images = torch.rand(24, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        self.items = [{"image": image, "identity": torch.tensor(i % 6)} for i, image in enumerate(images)]
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.items, batch_size=8)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.items[:8], batch_size=8)
+
+
+def test_the_identity_subspace_is_fitted_from_training_faces_when_phase_two_starts(tmp_path):
+    parts = _parts()
+    parts["flow"] = registry.create("flows", "allinone", dim=4, cond_dim=32, num_blocks=2)
+    subspace = PrincipalSubspace(32, 4, fit_images=16)
+    task = IFADITTask(**parts, phase="flow", identity_subspace=subspace)
+    assert isinstance(task.model.flow, SubspaceFlow) and task.model.flow.subspace is subspace
+    z = torch.nn.functional.normalize(torch.randn(2, 32), dim=1)
+    with pytest.raises(RuntimeError, match="identity subspace is not fitted"):
+        task.model.flow(z, task.model.key_scheme.sample(2))
+    data = _RandomFaces()
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                        default_root_dir=tmp_path)
+    before = [p.detach().clone() for p in task.model.flow.flow.parameters()]
+    trainer.fit(task, data)
+    # the basis is that of the first 16 training faces' identities, in the encoder's eval mode
+    with torch.no_grad():
+        expected = PrincipalSubspace(32, 4)
+        expected.fit(task.model.identity_encoder.eval()(torch.stack([d["image"] for d in data.items[:16]])))
+    torch.testing.assert_close(subspace.basis @ subspace.basis.T, expected.basis @ expected.basis.T)
+    assert any(not torch.equal(a, b) for a, b in zip(before, task.model.flow.flow.parameters(), strict=True))
+    # saved with the model, and never refitted over a fitted (e.g. resumed) one
+    state = task.state_dict()
+    assert {"model.flow.subspace.basis", "model.flow.subspace.fitted"} <= set(state)
+    fitted_basis = subspace.basis.clone()
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+    data.items = data.items[8:]  # other faces: a refit would change the basis
+    trainer.fit(task, data)
+    assert torch.equal(subspace.basis, fitted_basis)
