@@ -299,7 +299,8 @@ class IfaditCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if not ckpt_path or logger_args.get("run_id"):
             return
-        checkpoint = Path(config.checkpoint.dirpath) / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+        last = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
+        checkpoint = Path(config.checkpoint.dirpath) / last if ckpt_path == "last" else Path(ckpt_path)
         run_id = run_to_resume(checkpoint, logger_args.tracking_uri)
         if run_id:
             logger_args.run_id = run_id

@@ -24,6 +24,8 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from ifadit.weights import WeightsError, load_checkpoint
+
 DEFAULT_TRACKING_URI = "sqlite:///outputs/mlflow.db"
 DEFAULT_EXPERIMENT = "ifadit"
 CONFIG_ARTIFACT = "config.yaml"
@@ -113,8 +115,8 @@ def run_to_resume(checkpoint: str | Path, tracking_uri: str) -> str | None:
     if not path.is_file():
         return None
     try:  # mmap: only the entry is needed, not the weights
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # an unreadable checkpoint is reported by Lightning when it restores it
+        state = load_checkpoint(path, mmap=True)
+    except WeightsError:  # an unreadable checkpoint is reported by Lightning when it restores it
         return None
     run_id = state.get(MLFLOW_RUN_KEY) if isinstance(state, dict) else None
     if not isinstance(run_id, str):
@@ -203,11 +205,11 @@ class HyperparametersCallback(L.Callback):
         if self.logged:
             return
         self.logged = True
+        if not trainer.is_global_zero:  # loggers write on rank 0 only
+            return
         params = flatten_params(dict(pl_module.hparams))
         if trainer.datamodule is not None and getattr(trainer.datamodule, "hparams", None):
             params.update(flatten_params(dict(trainer.datamodule.hparams), "data."))
-        if not trainer.is_global_zero:  # loggers write on rank 0 only
-            return
         for logger in trainer.loggers:
             unlogged = _unlogged_params(logger, params) if isinstance(logger, MLFlowLogger) else params
             if unlogged:

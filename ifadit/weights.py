@@ -91,10 +91,11 @@ def resolve(name: str, path: str | os.PathLike[str] | None = None, verify: bool 
     return candidate
 
 
-def load_checkpoint(path: str | os.PathLike[str], weights_only: bool = True) -> Any:
-    """``torch.load`` on the CPU; ``weights_only=True`` unless a layout needs pickled objects."""
+def load_checkpoint(path: str | os.PathLike[str], weights_only: bool = True, mmap: bool = False) -> Any:
+    """``torch.load`` on the CPU; ``weights_only=True`` unless a layout needs pickled objects. ``mmap``:
+    tensors stay on disk until touched (for reading a checkpoint's metadata without its weights)."""
     try:
-        return torch.load(Path(path), map_location="cpu", weights_only=weights_only)
+        return torch.load(Path(path), map_location="cpu", weights_only=weights_only, mmap=mmap)
     except FileNotFoundError as exc:
         raise WeightsError(f"checkpoint file not found: {path}") from exc
     except Exception as exc:
