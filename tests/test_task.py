@@ -1,5 +1,7 @@
 """Task wiring that the CLI tests do not reach."""
 
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -8,7 +10,7 @@ from torch.utils.data import DataLoader
 from ifadit import registry
 from ifadit.flows.subspace import PrincipalSubspace, SubspaceFlow
 from ifadit.keys import SecretKey
-from ifadit.task import IFADITTask
+from ifadit.task import IFADITTask, OptimizerConfig
 
 
 def _parts(scheme: str = "mapping"):
@@ -196,3 +198,59 @@ def test_the_identity_subspace_is_fitted_from_training_faces_when_phase_two_star
     data.items = data.items[8:]  # other faces: a refit would change the basis
     trainer.fit(task, data)
     assert torch.equal(subspace.basis, fitted_basis)
+
+
+def test_the_optimizer_is_fused_adam_with_the_generator_at_its_own_rate_and_steps_like_plain_adam():
+    parts = _parts()
+    parts.pop("flow"), parts.pop("key_scheme")
+    task = IFADITTask(**parts, phase="disentangle", optimizer=OptimizerConfig(lr=1e-3, generator_lr=5e-4))
+    optimizer = task.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["fused"]
+    main, generator = optimizer.param_groups
+    assert {id(p) for p in generator["params"]} == {id(p) for p in task.model.generator.parameters()}
+    assert (main["lr"], generator["lr"]) == (1e-3, 5e-4)
+    assert not any(p.requires_grad for p in task.model.identity_encoder.parameters())
+    groups = [[p.detach().clone() for p in group["params"]] for group in optimizer.param_groups]
+    plain = torch.optim.Adam(
+        [{"params": ps, "lr": g["lr"]} for ps, g in zip(groups, optimizer.param_groups, strict=True)],
+        betas=task.optim.betas,
+        foreach=False,
+    )
+    for _ in range(2):
+        for ours, theirs in zip(optimizer.param_groups, plain.param_groups, strict=True):
+            for p, q in zip(ours["params"], theirs["params"], strict=True):
+                p.grad = torch.randn_like(p)
+                q.grad = p.grad.clone()
+        optimizer.step()
+        plain.step()
+    for ours, theirs in zip(optimizer.param_groups, plain.param_groups, strict=True):
+        for p, q in zip(ours["params"], theirs["params"], strict=True):
+            torch.testing.assert_close(p.detach(), q, rtol=1e-5, atol=1e-6)
+
+
+class _LearningRates(L.Callback):
+    def __init__(self) -> None:
+        self.seen: list[list[float]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen.append([group["lr"] for group in trainer.optimizers[0].param_groups])
+
+
+def test_the_cosine_schedule_takes_every_group_to_zero_at_the_last_step_and_constant_stays(tmp_path):
+    rates = {}
+    for schedule in ("cosine", "constant"):
+        parts = _parts()
+        parts.pop("flow"), parts.pop("key_scheme")
+        optimizer = OptimizerConfig(lr=1e-3, generator_lr=4e-4, schedule=schedule)
+        task = IFADITTask(**parts, phase="disentangle", optimizer=optimizer)
+        seen = _LearningRates()
+        trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0, callbacks=[seen],
+                            default_root_dir=tmp_path)  # fmt: skip
+        trainer.fit(task, _RandomFaces())
+        rates[schedule] = seen.seen
+    half_cosine = [(1 + math.cos(math.pi * step / 4)) / 2 for step in range(4)]
+    expected = [[1e-3 * f, 4e-4 * f] for f in half_cosine]
+    for got, want in zip(rates["cosine"], expected, strict=True):
+        assert got == pytest.approx(want)
+    assert rates["constant"] == [[1e-3, 4e-4]] * 4

@@ -146,8 +146,13 @@ class Upsample(nn.Module):
 
 
 class ModulatedConv2d(nn.Module):
-    """Style-modulated (and optionally demodulated) conv, one grouped conv for the whole batch.
+    """Style-modulated (and optionally demodulated) conv.
 
+    Computed in StyleGAN2's "non-fused" form: scale the input channels by the style, run one ordinary conv
+    with the shared weight, scale the output channels by the demodulation factors. That is the same
+    function as modulating a per-sample weight and running one grouped conv over the batch (the form of
+    rosinality's code, with the same parameters), and on the CPU 1.5x faster for a training step of the
+    quickstart generator (benchmarks/generator.py): per-sample grouped convs keep oneDNN from batching.
     Upsampling is a stride-2 transposed conv followed by the FIR blur, as in StyleGAN2; checkpoints
     converted from TF store that weight already flipped for this form.
     """
@@ -178,21 +183,19 @@ class ModulatedConv2d(nn.Module):
             self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1), upsample_factor=factor)
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
-        batch, in_ch, height, width = x.shape
-        k = self.kernel_size
-        style = self.modulation(w).view(batch, 1, in_ch, 1, 1)
-        weight = self.scale * self.weight * style  # (B, out, in, k, k)
-        if self.demodulate:
-            weight = weight * torch.rsqrt(weight.pow(2).sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
-        x = x.reshape(1, batch * in_ch, height, width)
+        batch = x.shape[0]
+        style = self.modulation(w)  # (B, in)
+        weight = self.scale * self.weight[0]  # (out, in, k, k), shared by the batch
+        x = x * style.view(batch, -1, 1, 1)
         if self.upsample:
-            weight = weight.transpose(1, 2).reshape(batch * in_ch, self.out_channels, k, k)
-            out = F.conv_transpose2d(x, weight, stride=2, padding=0, groups=batch)
-            out = out.view(batch, self.out_channels, out.shape[2], out.shape[3])
-            return self.blur(out)
-        weight = weight.reshape(batch * self.out_channels, in_ch, k, k)
-        out = F.conv2d(x, weight, padding=self.padding, groups=batch)
-        return out.view(batch, self.out_channels, out.shape[2], out.shape[3])
+            out = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2, padding=0)
+        else:
+            out = F.conv2d(x, weight, padding=self.padding)
+        if self.demodulate:
+            # 1 / |per-sample weight| over (in, k, k): sum_i style_i^2 * sum_k weight_oik^2
+            energy = style.square() @ weight.square().sum(dim=(2, 3)).t()  # (B, out)
+            out = out * torch.rsqrt(energy + 1e-8).view(batch, -1, 1, 1)
+        return self.blur(out) if self.upsample else out
 
 
 class NoiseInjection(nn.Module):

@@ -311,8 +311,10 @@ def test_full_size_256px_cm2_renders_one_image() -> None:
 @pytest.mark.parametrize("upsample", [False, True])
 @pytest.mark.parametrize("demodulate", [False, True])
 def test_modulated_conv_matches_per_sample_reference(upsample: bool, demodulate: bool) -> None:
+    """The paper's per-sample weights, against the batched non-fused form: outputs and every gradient."""
     conv = ModulatedConv2d(5, 4, 3, style_dim=6, demodulate=demodulate, upsample=upsample)
-    x, w = torch.randn(3, 5, 6, 6), torch.randn(3, 6)
+    x = torch.randn(3, 5, 6, 6, requires_grad=True)
+    w = torch.randn(3, 6, requires_grad=True)
     expected = []
     for sample in range(3):  # the StyleGAN2 paper's equations, one sample at a time
         style = conv.modulation(w[sample : sample + 1]).view(1, 5, 1, 1)
@@ -327,7 +329,15 @@ def test_modulated_conv_matches_per_sample_reference(upsample: bool, demodulate:
         else:
             out = torch.nn.functional.conv2d(x[sample : sample + 1], weight, padding=1)
         expected.append(out)
-    torch.testing.assert_close(conv(x, w), torch.cat(expected), rtol=1e-5, atol=1e-5)
+    expected_out = torch.cat(expected)
+    out = conv(x, w)
+    torch.testing.assert_close(out, expected_out, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn_like(out)
+    inputs = (x, w, conv.weight, conv.modulation.weight, conv.modulation.bias)
+    grads = torch.autograd.grad(out, inputs, upstream)
+    expected_grads = torch.autograd.grad(expected_out, inputs, upstream)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5)
 
 
 def centre_of_mass(image: torch.Tensor) -> tuple[float, float]:

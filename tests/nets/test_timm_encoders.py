@@ -89,6 +89,35 @@ def test_attribute_encoder_uses_the_chosen_feature_levels() -> None:
     assert encoder(torch.rand(1, 3, 32, 32) * 2 - 1).shape == (1, 2, 4)
 
 
+@pytest.mark.parametrize("kind", ["identity", "attribute"])
+def test_encoders_run_channels_last_and_compute_what_the_contiguous_layout_does(kind: str, tmp_path) -> None:
+    """channels-last is a speed choice (benchmarks/training_speed.py): same function, same checkpoints."""
+    build = {
+        "identity": lambda: TimmIdentityEncoder(backbone=TINY, embedding_dim=16, in_size=32),
+        "attribute": lambda: TimmAttributeEncoder(backbone=TINY, n_styles=3, style_dim=8, pool_grid=2),
+    }[kind]
+    encoder = build().eval()
+    convs = [m.weight for m in encoder.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert encoder.adapter(images).is_contiguous(memory_format=torch.channels_last)
+    path = tmp_path / "encoder.pt"
+    torch.save(encoder.state_dict(), path)
+    contiguous = build().eval()
+    contiguous.load_state_dict(torch.load(path))
+    contiguous.backbone.to(memory_format=torch.contiguous_format)
+    contiguous_input = contiguous.adapter(images).contiguous()
+    with torch.no_grad():
+        if kind == "identity":
+            expected = F.normalize(contiguous.head(contiguous.backbone(contiguous_input)), dim=1)
+        else:
+            maps = contiguous.backbone(contiguous_input)
+            assert all(m.is_contiguous() for m in maps)
+            pooled = torch.cat([F.adaptive_avg_pool2d(m, 2).flatten(1) for m in maps], dim=1)
+            expected = contiguous.to_styles(contiguous.norm(pooled)).view(2, 3, 8)
+        torch.testing.assert_close(encoder(images), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_rejects_images_with_the_wrong_channel_count() -> None:
     encoder = TimmAttributeEncoder(backbone=TINY, n_styles=2, style_dim=4)
     with pytest.raises(ValueError, match="expected images"):
