@@ -189,3 +189,18 @@ def test_arcface_rejects_a_margin_that_breaks_monotonicity() -> None:
 def test_registered_under_the_timm_entry_points() -> None:
     assert registry.get("identity_encoders", "timm") is TimmIdentityEncoder
     assert registry.get("attribute_encoders", "timm") is TimmAttributeEncoder
+
+
+def test_arcface_cosines_stay_float32_under_bf16_autocast() -> None:
+    head = ArcFaceHead(embedding_dim=16, num_classes=7, scale=32.0, margin=0.3)
+    embeddings = F.normalize(torch.randn(5, 16), dim=1)
+    labels = torch.tensor([0, 1, 2, 3, 4])
+    expected = head(embeddings, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = head(embeddings.bfloat16(), labels)
+    assert logits.dtype == torch.float32
+    # only the bf16 rounding of the embeddings themselves remains (about 3 digits), not a bf16 matmul's
+    torch.testing.assert_close(logits, expected, rtol=0, atol=32 * 2e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert head.cosine(embeddings).dtype == torch.float32
+    torch.testing.assert_close(head.cosine(embeddings), embeddings @ F.normalize(head.weight, dim=1).t())
