@@ -151,7 +151,7 @@ class ModulatedConv2d(nn.Module):
     Computed in StyleGAN2's "non-fused" form: scale the input channels by the style, run one ordinary conv
     with the shared weight, scale the output channels by the demodulation factors. That is the same
     function as modulating a per-sample weight and running one grouped conv over the batch (the form of
-    rosinality's code, with the same parameters), and on the CPU 1.5x faster for a training step of the
+    rosinality's code, with the same parameters), and on the CPU 1.4x faster for a training step of the
     quickstart generator (benchmarks/generator.py): per-sample grouped convs keep oneDNN from batching.
     Upsampling is a stride-2 transposed conv followed by the FIR blur, as in StyleGAN2; checkpoints
     converted from TF store that weight already flipped for this form.

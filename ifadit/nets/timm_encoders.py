@@ -44,7 +44,7 @@ class _ImageAdapter(nn.Module):
         if self.in_size is not None:
             images = resize_square(images, self.in_size)
         # channels-last throughout the backbone (its weights too, see _channels_last): oneDNN's fast layout
-        # on the CPU, the same numbers (resnet10t training step at 64 px, 2 threads: 1.23x; see
+        # on the CPU, the same numbers (resnet10t training step at 64 px, 2 threads: 1.14x; see
         # benchmarks/training_speed.py).
         return (((images + 1) / 2 - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
