@@ -246,7 +246,7 @@ def test_the_cosine_schedule_takes_every_group_to_zero_at_the_last_step_and_cons
         seen = _LearningRates()
         trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                             enable_model_summary=False, limit_val_batches=0, callbacks=[seen],
-                            default_root_dir=tmp_path)  # fmt: skip
+                            default_root_dir=tmp_path)
         trainer.fit(task, _RandomFaces())
         rates[schedule] = seen.seen
     half_cosine = [(1 + math.cos(math.pi * step / 4)) / 2 for step in range(4)]

@@ -152,7 +152,7 @@ class ModulatedConv2d(nn.Module):
     with the shared weight, scale the output channels by the demodulation factors. That is the same
     function as modulating a per-sample weight and running one grouped conv over the batch (the form of
     rosinality's code, with the same parameters), and on the CPU 1.4x faster for a training step of the
-    quickstart generator (benchmarks/generator.py): per-sample grouped convs keep oneDNN from batching.
+    quickstart generator (benchmarks/training_speed.py): per-sample grouped convs keep oneDNN from batching.
     Upsampling is a stride-2 transposed conv followed by the FIR blur, as in StyleGAN2; checkpoints
     converted from TF store that weight already flipped for this form.
     """

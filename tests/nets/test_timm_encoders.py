@@ -104,7 +104,7 @@ def test_encoders_run_channels_last_and_compute_what_the_contiguous_layout_does(
     path = tmp_path / "encoder.pt"
     torch.save(encoder.state_dict(), path)
     contiguous = build().eval()
-    contiguous.load_state_dict(torch.load(path))
+    contiguous.load_state_dict(torch.load(path, weights_only=True))
     contiguous.backbone.to(memory_format=torch.contiguous_format)
     contiguous_input = contiguous.adapter(images).contiguous()
     with torch.no_grad():
