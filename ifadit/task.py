@@ -8,7 +8,9 @@ Phases (``phase``):
   reconstruct ``x`` from ``(E_id(x), E_attr(x))``; a swapped identity must show up in the render;
 - ``flow``        — phase 2: flow + compensator (+ a trainable key scheme) with anonymity, diversity,
   recovery and wrong-key losses, everything else frozen;
-- ``joint``       — the single-phase ablation: phase-1 and phase-2 losses, all trainable parts at once.
+- ``joint``       — phase-1 and phase-2 losses, all trainable parts at once: the single-phase ablation, or,
+  started from a phase-1 checkpoint, a phase 2 in which a generator trained here keeps learning (tried
+  for the quickstart, README "Training"; a pretrained generator stays frozen in ``flow``, as in the paper).
 
 Each phase loads what it needs from the previous phase's checkpoint (``init_from``). Loss weights are
 config; a weight of 0 switches the term off and skips its computation.
@@ -20,7 +22,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import kornia
 import lightning as L
@@ -75,6 +77,10 @@ class LossWeights:
     anonymized_identity: float = 0.5  # E_id(x_anon) carries z_anon, so the compensator's job is small
     latent_norm: float = 0.1  # z_anon stays on the identity sphere the generator was trained on
     latent_recovery: float = 1.0  # compensator: C(E_id(x_anon)) = z_anon
+    # False: latent_recovery trains the compensator alone. True (default): its gradient also reaches the flow
+    # (and, in the joint phase, the generator) through the anonymized render. Measured in joint phase-2 runs:
+    # two keys kept apart for 9 of 12 key-run pairs with False, 5 of 10 with True (README, "Training").
+    latent_recovery_through_render: bool = True
     recovery_identity: float = 1.0  # E_id(x_rec) keeps z
     recovery_image: float = 1.0  # x_rec equals the reconstruction
     wrong_key: float = 1.0  # a wrong key's recovery stays anonymous
@@ -102,6 +108,14 @@ class LossWeights:
     # shared
     margin: float = 0.1  # cosine margin of the identity/anonymity losses (official default)
     diversity_threshold: float = 0.1
+
+
+class Encoded(NamedTuple):
+    """One batch's encodings and their render, G(M(z, a))."""
+
+    identity: Tensor
+    attributes: Tensor
+    render: Tensor
 
 
 @dataclass
@@ -366,7 +380,9 @@ class IFADITTask(L.LightningModule):
     # -- losses ---
     def _reconstruction_terms(
         self, x: Tensor, swap_target: Tensor | None = None
-    ) -> tuple[dict[str, Tensor], Tensor]:
+    ) -> tuple[dict[str, Tensor], Encoded]:
+        """Phase-1 terms, and the encodings and render they computed (the joint phase's flow terms reuse
+        them)."""
         m, w = self.model, self.losses
         assert m is not None
         with torch.no_grad():
@@ -392,7 +408,7 @@ class IFADITTask(L.LightningModule):
                 )
             if w.swap_pixel and swap_target is not None:
                 terms["swap_pixel"] = w.swap_pixel * F.l1_loss(x_swap, swap_target)
-        return terms, x_hat
+        return terms, Encoded(z, a, x_hat)
 
     def _training_keys(self, batch: int, device: torch.device) -> Tensor:
         """Fresh random key conditions for one step. ``per_batch`` (the official code's choice) gives the
@@ -402,14 +418,20 @@ class IFADITTask(L.LightningModule):
             return self.model.key_scheme.sample(1, device=device).expand(batch, -1)
         return self.model.key_scheme.sample(batch, device=device)
 
-    def _flow_terms(self, x: Tensor) -> dict[str, Tensor]:
+    def _flow_terms(self, x: Tensor, encoded: Encoded | None = None) -> dict[str, Tensor]:
+        """Phase-2 terms. ``encoded``: this batch's encodings and render from the phase-1 terms (joint phase),
+        which are the same tensors this would compute again: one identity-encoder, one attribute-encoder
+        and one generator pass fewer a step."""
         m, w = self.model, self.losses
         assert m is not None
         batch = x.shape[0]
         frozen_front = self.phase == "flow"
-        with torch.set_grad_enabled(not frozen_front and torch.is_grad_enabled()):
-            z = m.identity_encoder(x).detach()
-            a = m.attribute_encoder(x)
+        if encoded is not None:
+            z, a = encoded.identity.detach(), encoded.attributes
+        else:
+            with torch.set_grad_enabled(not frozen_front and torch.is_grad_enabled()):
+                z = m.identity_encoder(x).detach()
+                a = m.attribute_encoder(x)
         if frozen_front:
             a = a.detach()
         cond_a = self._training_keys(batch, x.device)
@@ -433,8 +455,11 @@ class IFADITTask(L.LightningModule):
         if w.batch_diversity:
             terms["batch_diversity"] = w.batch_diversity * batch_diversity_loss(f_a, w.diversity_threshold)
         if w.image:
-            with torch.no_grad():
-                x_hat = m.render(z, a)
+            if encoded is not None:
+                x_hat = encoded.render.detach()
+            else:
+                with torch.no_grad():
+                    x_hat = m.render(z, a)
             terms["image"] = w.image * F.l1_loss(x_a, x_hat)
         needs_recovery = (
             w.latent_recovery or w.recovery_identity or w.recovery_image or w.wrong_key or w.inverse_recovery
@@ -442,9 +467,8 @@ class IFADITTask(L.LightningModule):
         if needs_recovery:
             flow_input = f_a if m.compensator is None else m.compensator(f_a)
             if w.latent_recovery and m.compensator is not None:
-                terms["latent_recovery"] = (
-                    w.latent_recovery * F.mse_loss(flow_input, z_a.detach()) * z.shape[1]
-                )
+                estimate = flow_input if w.latent_recovery_through_render else m.compensator(f_a.detach())
+                terms["latent_recovery"] = w.latent_recovery * F.mse_loss(estimate, z_a.detach()) * z.shape[1]
             a_anon = m.attribute_encoder(x_a)
             if w.inverse_recovery:
                 z_rec = m.flow.inverse(flow_input, cond_a)
@@ -515,10 +539,12 @@ class IFADITTask(L.LightningModule):
             self.log("train/loss", loss, prog_bar=True)
             return loss
         terms: dict[str, Tensor] = {}
+        encoded = None
         if self.phase in ("disentangle", "joint"):
-            terms.update(self._reconstruction_terms(x, batch.get("swap_image"))[0])
+            reconstruction, encoded = self._reconstruction_terms(x, batch.get("swap_image"))
+            terms.update(reconstruction)
         if self.phase in ("flow", "joint"):
-            terms.update(self._flow_terms(x))
+            terms.update(self._flow_terms(x, encoded))
         loss = torch.stack(list(terms.values())).sum()
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True, on_epoch=False)
         self.log("train/loss", loss, prog_bar=True)

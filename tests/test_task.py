@@ -66,6 +66,30 @@ def test_swap_pixel_loss_uses_the_rendered_target():
     torch.testing.assert_close(terms["swap_pixel"].detach(), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_the_joint_phase_reuses_the_phase_one_encodings_with_the_same_losses_and_gradients():
+    """The joint step hands phase 1's (z, a, render) to the flow terms instead of computing them again."""
+    task = IFADITTask(**_parts(), phase="joint")
+    task.losses.swap_identity = 0.0
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    params = [p for p in task.parameters() if p.requires_grad]
+
+    def step(reuse: bool) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        reconstruction, encoded = task._reconstruction_terms(x)
+        torch.manual_seed(7)  # the same training keys both times
+        flow = task._flow_terms(x, encoded if reuse else None)
+        grads = torch.autograd.grad(sum({**reconstruction, **flow}.values()), params, allow_unused=True)
+        return flow, [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+
+    reused, reused_grads = step(reuse=True)
+    fresh, fresh_grads = step(reuse=False)
+    assert set(reused) == set(fresh) and {"image", "anonymity", "recovery_image"} <= set(reused)
+    for name in fresh:
+        torch.testing.assert_close(reused[name], fresh[name], rtol=1e-5, atol=1e-6)
+    assert any(g.abs().sum() > 0 for g in fresh_grads[:5])
+    for a, b in zip(reused_grads, fresh_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def _flow_task(**weights: float) -> IFADITTask:
     task = IFADITTask(**_parts(), phase="flow")
     for name in vars(task.losses):
@@ -116,6 +140,22 @@ def test_latent_wrong_key_inverts_with_a_fresh_key_and_zero_weights_compute_noth
     assert set(terms) == {"latent_wrong_key"}
     assert 0.1 <= terms["latent_wrong_key"].item() < 1.0  # margin-clamped mean cosine, not a recovery
     assert _flow_task()._latent_terms(z, z_a, z_a) == {}
+
+
+@pytest.mark.parametrize("through_render", [True, False])
+def test_latent_recovery_reaches_the_flow_only_through_the_render_when_asked(through_render):
+    task = _flow_task(latent_recovery=1.0)
+    task.model.compensator = registry.create("mappers", "compensator", dim=32, hidden=[16])
+    task.losses.latent_recovery_through_render = through_render
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    terms = task._flow_terms(x)
+    assert set(terms) == {"latent_recovery"}
+    terms["latent_recovery"].backward()
+    compensator_grads = [p.grad for p in task.model.compensator.parameters()]
+    flow_grads = [p.grad for p in task.model.flow.parameters() if p.requires_grad]
+    assert all(g is not None and g.abs().sum() > 0 for g in compensator_grads)
+    reached_flow = any(g is not None and g.abs().sum() > 0 for g in flow_grads)
+    assert reached_flow == through_render
 
 
 def test_density_loss_needs_a_flow_with_a_density_model():
