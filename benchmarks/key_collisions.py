@@ -1,0 +1,136 @@
+"""Where a trained model loses recovery, and how often its keys collide (README, "Training", seventh session).
+
+For each user key: the judge's cosines on the test faces (original vs anonymized, recovered, recovered with
+the *next* key in the list, and the next key's anonymization), and where recovery loses the identity — the
+identity encoder reading the anonymized face back (``read_back``: cos(E_id(x_anon), z_anon)), the
+compensator's estimate of ``z_anon`` and the identity after the inverse flow. Pairing every key with the next
+user key is harsher than ``ifadit score`` (one fixed public second key, a different public wrong key per
+image): a pair of keys that collide fails both the two-key and the wrong-key goal here.
+
+Then ``--random-keys`` fresh keys on 32 test faces: the pairwise cosines of the flow's outputs for two keys
+(the same face), whose high tail is the key collisions.
+
+Run: ``OMP_NUM_THREADS=1 python benchmarks/key_collisions.py --keys a.key b.key c.key`` (defaults: the
+quickstart checkpoints and judge). Prints a table and writes ``--out`` (JSON) when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ifadit.anonymizer import IFADIT
+from ifadit.cli import _build_task
+from ifadit.keys import SecretKey
+from ifadit.nets import IdentityEncoder
+
+ROOT = Path(__file__).resolve().parents[1]
+CKPT = ROOT / "outputs/checkpoints/ifadit"
+GOALS = {  # issue 4's goals on the judge's cosines
+    "anonymized": ("<=", 0.3),
+    "recovered": (">=", 0.8),
+    "wrong_key": ("<=", 0.3),
+    "two_keys": ("<=", 0.5),
+}
+
+
+@torch.no_grad()
+def score_key(
+    model: IFADIT, judge: IdentityEncoder, batches: list[Tensor], key: SecretKey, next_key: SecretKey
+) -> dict[str, float]:
+    """Mean cosines over all faces of ``batches`` for ``key``, with ``next_key`` as wrong and second key."""
+    sums: dict[str, float] = {}
+    count = 0
+    for x in batches:
+        n = x.shape[0]
+        cond = model.key_scheme(key, batch_size=n)
+        other = model.key_scheme(next_key, batch_size=n)
+        anonymized = model.anonymize(x, cond)
+        recovered = model.recover(anonymized.image, cond)
+        wrong = model.recover(anonymized.image, other)
+        second, _ = model.flow(anonymized.identity, other)
+        j_x, j_anon = judge(x), judge(anonymized.image)
+        read_back = model.identity_encoder(anonymized.image)
+        values = {
+            "reconstruction": F.cosine_similarity(judge(model.reconstruct(x)), j_x),
+            "anonymized": F.cosine_similarity(j_anon, j_x),
+            "recovered": F.cosine_similarity(judge(recovered.image), j_x),
+            "wrong_key": F.cosine_similarity(judge(wrong.image), j_x),
+            "two_keys": F.cosine_similarity(judge(model.render(second, anonymized.attributes)), j_anon),
+            "read_back": F.cosine_similarity(read_back, anonymized.anonymized_identity),
+            "compensator": F.cosine_similarity(recovered.flow_input, anonymized.anonymized_identity),
+            "after_inverse": F.cosine_similarity(recovered.identity, anonymized.identity),
+            "latent_two_keys": F.cosine_similarity(second, anonymized.anonymized_identity),
+        }
+        for name, value in values.items():
+            sums[name] = sums.get(name, 0.0) + value.sum().item()
+        count += n
+    return {name: total / count for name, total in sums.items()}
+
+
+@torch.no_grad()
+def key_pair_cosines(model: IFADIT, faces: Tensor, num_keys: int) -> Tensor:
+    """Mean over ``faces`` of cos(F(z, c_i), F(z, c_j)) for every pair of ``num_keys`` fresh keys."""
+    z = model.identity_encoder(faces)
+    conds = model.key_scheme.sample(num_keys)
+    outputs = torch.stack([model.flow(z, c.expand(len(z), -1))[0] for c in conds])
+    unit = F.normalize(outputs, dim=2)
+    pairs = torch.einsum("kbd,lbd->klb", unit, unit).mean(dim=2)
+    upper = torch.triu_indices(num_keys, num_keys, offset=1)
+    return pairs[upper[0], upper[1]]
+
+
+def _meets(name: str, value: float) -> bool:
+    op, bound = GOALS[name]
+    return value <= bound if op == "<=" else value >= bound
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "recipes/quickstart/flow.yaml"))
+    parser.add_argument("--ckpt", default=str(CKPT / "quickstart-flow/last.ckpt"))
+    parser.add_argument("--judge-config", default=str(ROOT / "recipes/quickstart/judge.yaml"))
+    parser.add_argument("--judge-ckpt", default=str(CKPT / "quickstart-judge/last.ckpt"))
+    parser.add_argument("--keys", nargs="+", required=True, help="user key files, two or more")
+    parser.add_argument("--random-keys", type=int, default=24)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    if len(args.keys) < 2:
+        parser.error("give at least two keys: each key is paired with the next one")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)  # the random keys of the collision count
+
+    task, datamodule = _build_task(args.config, args.ckpt, strict=True)
+    judge_task, _ = _build_task(args.judge_config, args.judge_ckpt, strict=False)
+    model, judge = task.model.eval(), judge_task.identity_encoder.eval()
+    datamodule.setup("test")
+    batches = [batch["image"] for batch in datamodule.test_dataloader()]
+    keys = [SecretKey.load(path) for path in args.keys]
+
+    rows = {}
+    print("| key | anonymized | recovered | wrong key (next) | two keys (next) | read-back | after inverse |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for i, (path, key) in enumerate(zip(args.keys, keys, strict=True)):
+        scores = score_key(model, judge, batches, key, keys[(i + 1) % len(keys)])
+        rows[Path(path).name] = scores
+        cells = [f"{scores[g]:+.3f} {'✓' if _meets(g, scores[g]) else '✗'}" for g in GOALS]
+        print(f"| {Path(path).name} | " + " | ".join(cells)
+              + f" | {scores['read_back']:.2f} | {scores['after_inverse']:.2f} |")
+    pairs = key_pair_cosines(model, torch.cat(batches)[:32], args.random_keys)
+    collisions = {"median": pairs.median().item(), "above_0.5": (pairs > 0.5).float().mean().item(),
+                  "above_0.8": (pairs > 0.8).float().mean().item()}
+    print(f"{args.random_keys} random keys, flow outputs of one face for two keys: median cosine "
+          f"{collisions['median']:.3f}, above 0.5 for {100 * collisions['above_0.5']:.0f} % of key pairs, "
+          f"above 0.8 for {100 * collisions['above_0.8']:.0f} %")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"keys": rows, "random_key_pairs": collisions}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
