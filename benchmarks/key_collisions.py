@@ -51,16 +51,19 @@ def score_key(
         cond = model.key_scheme(key, batch_size=n)
         other = model.key_scheme(next_key, batch_size=n)
         anonymized = model.anonymize(x, cond)
-        recovered = model.recover(anonymized.image, cond)
-        wrong = model.recover(anonymized.image, other)
+        attributes = model.attribute_encoder(anonymized.image)  # shared by the right and the wrong key
+        recovered = model.recover(anonymized.image, cond, attributes)
+        wrong = model.render(model.flow.inverse(recovered.flow_input, other), attributes)
         second, _ = model.flow(anonymized.identity, other)
         j_x, j_anon = judge(x), judge(anonymized.image)
         read_back = model.identity_encoder(anonymized.image)
         values = {
-            "reconstruction": F.cosine_similarity(judge(model.reconstruct(x)), j_x),
+            "reconstruction": F.cosine_similarity(
+                judge(model.render(anonymized.identity, anonymized.attributes)), j_x
+            ),
             "anonymized": F.cosine_similarity(j_anon, j_x),
             "recovered": F.cosine_similarity(judge(recovered.image), j_x),
-            "wrong_key": F.cosine_similarity(judge(wrong.image), j_x),
+            "wrong_key": F.cosine_similarity(judge(wrong), j_x),
             "two_keys": F.cosine_similarity(judge(model.render(second, anonymized.attributes)), j_anon),
             "read_back": F.cosine_similarity(read_back, anonymized.anonymized_identity),
             "compensator": F.cosine_similarity(recovered.flow_input, anonymized.anonymized_identity),
