@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from ifadit.anonymizer import IFADIT
 from ifadit.flows import KeyedFlow, PrincipalSubspace, SubspaceFlow
@@ -69,6 +70,10 @@ class LossWeights:
     swap_pixel: float = (
         0.0  # G(M(z_other, a)) equals the rendered swap (batch["swap_image"], SynthFaces only)
     )
+    # E_id(G(M(z_syn, a))) carries z_syn, a new identity drawn from a Gaussian with the covariance of recent
+    # real ones (the queue below): the generator learns to render identities no training face has, which is
+    # where phase 2's subspace flow sends anonymized identities.
+    synthetic_identity: float = 0.0
     # phase 2: the keyed identity transform
     anonymity: float = 1.0  # privacy: E_id(x_anon) far from z
     two_key_diversity: float = 1.0  # two keys give two identities
@@ -81,6 +86,11 @@ class LossWeights:
     # (and, in the joint phase, the generator) through the anonymized render. Measured in joint phase-2 runs:
     # two keys kept apart for 9 of 12 key-run pairs with False, 5 of 10 with True (README, "Training").
     latent_recovery_through_render: bool = True
+    # joint phase only. False: the mapper and generator learn only from renders whose target image is known
+    # (reconstruction, swaps, the recovered face); the anonymized, second-key and wrong-key renders pass
+    # gradients to the flow and encoders but leave the generator's weights alone. True trained the generator
+    # to render anonymized identities as featureless dark heads (README, "Training", seventh session).
+    anonymized_render_trains_generator: bool = True
     recovery_identity: float = 1.0  # E_id(x_rec) keeps z
     recovery_image: float = 1.0  # x_rec equals the reconstruction
     wrong_key: float = 1.0  # a wrong key's recovery stays anonymous
@@ -254,7 +264,7 @@ class IFADITTask(L.LightningModule):
     def on_fit_start(self) -> None:
         """Before the first step: fit the identity subspace (when the flow has one and no checkpoint
         brought it) and fill the queue of real identities (``losses.queue_warmup_images``)."""
-        if self.model is None or self.phase not in ("flow", "joint"):
+        if self.model is None or self.phase == "recognizer":
             return
         subspace = self.model.flow.subspace if isinstance(self.model.flow, SubspaceFlow) else None
         if subspace is not None and not bool(subspace.fitted):
@@ -408,7 +418,20 @@ class IFADITTask(L.LightningModule):
                 )
             if w.swap_pixel and swap_target is not None:
                 terms["swap_pixel"] = w.swap_pixel * F.l1_loss(x_swap, swap_target)
+        if w.synthetic_identity:
+            z_syn = self._synthetic_identities(z)
+            terms["synthetic_identity"] = w.synthetic_identity * identity_loss(
+                m.identity_encoder(m.render(z_syn, a)), z_syn, w.margin
+            )
         return terms, Encoded(z, a, x_hat)
+
+    def _synthetic_identities(self, z: Tensor) -> Tensor:
+        """One new identity per face: ``mean + sum_i e_i (q_i - mean) / sqrt(N - 1)`` over the queue ``q`` of
+        recent real identities, ``e ~ N(0, I)`` — a Gaussian with their mean and covariance."""
+        queue = self._remember_identities(z)
+        centred = queue - queue.mean(dim=0)
+        weights = torch.randn(z.shape[0], queue.shape[0], device=z.device, dtype=z.dtype)
+        return queue.mean(dim=0) + weights @ centred / max(queue.shape[0] - 1, 1) ** 0.5
 
     def _training_keys(self, batch: int, device: torch.device) -> Tensor:
         """Fresh random key conditions for one step. ``per_batch`` (the official code's choice) gives the
@@ -436,7 +459,12 @@ class IFADITTask(L.LightningModule):
             a = a.detach()
         cond_a = self._training_keys(batch, x.device)
         z_a, _ = m.flow(z, cond_a)
-        x_a = m.render(z_a, a)
+        render_untargeted = (
+            m.render
+            if frozen_front or w.anonymized_render_trains_generator
+            else self._render_without_training_the_renderer
+        )
+        x_a = render_untargeted(z_a, a)
         f_a = m.identity_encoder(x_a)
         terms: dict[str, Tensor] = {}
         if w.anonymity:
@@ -449,7 +477,7 @@ class IFADITTask(L.LightningModule):
         if w.two_key_diversity or w.latent_two_key:
             z_b, _ = m.flow(z, self._training_keys(batch, x.device))
         if w.two_key_diversity:
-            f_b = m.identity_encoder(m.render(z_b, a))
+            f_b = m.identity_encoder(render_untargeted(z_b, a))
             terms["two_key_diversity"] = w.two_key_diversity * anonymity_loss(f_a, f_b, w.margin)
         terms.update(self._latent_terms(z, z_a, z_b))
         if w.batch_diversity:
@@ -484,9 +512,16 @@ class IFADITTask(L.LightningModule):
                     terms["recovery_image"] = w.recovery_image * F.l1_loss(x_rec, x)
             if w.wrong_key:
                 z_wrong = m.flow.inverse(flow_input, self._training_keys(batch, x.device))
-                f_wrong = m.identity_encoder(m.render(z_wrong, a_anon))
+                f_wrong = m.identity_encoder(render_untargeted(z_wrong, a_anon))
                 terms["wrong_key"] = w.wrong_key * anonymity_loss(f_wrong, z, w.margin)
         return terms
+
+    def _render_without_training_the_renderer(self, identity: Tensor, attributes: Tensor) -> Tensor:
+        """G(M(z, a)) whose gradient reaches ``z`` and ``a`` but not the mapper's or generator's weights."""
+        m = self.model
+        assert m is not None
+        styles = functional_call(m.mapper, _detached_state(m.mapper), (identity, attributes))
+        return functional_call(m.generator, _detached_state(m.generator), (styles,))
 
     def _latent_terms(self, z: Tensor, z_a: Tensor, z_b: Tensor | None) -> dict[str, Tensor]:
         """Phase-2 losses on identity vectors alone. Losses through the recognizer can be met by changes
@@ -510,7 +545,11 @@ class IFADITTask(L.LightningModule):
             wrong = self._training_keys(z.shape[0], z.device)
             z_wrong = m.flow.inverse(z_a, wrong)
             terms["latent_wrong_key"] = w.latent_wrong_key * anonymity_loss(z_wrong, z, w.margin)
-        queue = self._remember_identities(z) if (w.density or w.latent_realism) else None
+        queue = None
+        if w.density or w.latent_realism:
+            # in the joint phase the synthetic-identity term has queued this batch already
+            queued = self.phase == "joint" and w.synthetic_identity
+            queue = self._identity_queue if queued else self._remember_identities(z)
         if w.density:
             # The whole queue, not just this batch: a density in identity space needs many samples per step.
             noisy = queue + w.density_noise * torch.randn_like(queue)
@@ -703,6 +742,10 @@ class IFADITTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ifadit_phase"] = self.phase
+
+
+def _detached_state(module: nn.Module) -> dict[str, Tensor]:
+    return {name: tensor.detach() for name, tensor in module.state_dict(keep_vars=True).items()}
 
 
 def _canonical(key: str) -> str:

@@ -28,6 +28,13 @@ def _parts(scheme: str = "mapping"):
     )
 
 
+def _phase_one_task() -> IFADITTask:
+    parts = _parts()
+    for name in ("flow", "key_scheme"):
+        del parts[name]
+    return IFADITTask(**parts, phase="disentangle")
+
+
 def test_key_mapping_from_generator_uses_the_generator_mapping_network():
     parts = _parts()
     task = IFADITTask(**parts, phase="flow", key_mapping_from_generator=True)
@@ -50,10 +57,7 @@ def test_a_phase_without_its_components_is_refused():
 
 
 def test_swap_pixel_loss_uses_the_rendered_target():
-    parts = _parts()
-    for name in ("flow", "key_scheme"):
-        del parts[name]
-    task = IFADITTask(**parts, phase="disentangle")
+    task = _phase_one_task()
     task.losses.swap_pixel = 1.0
     x = torch.rand(4, 3, 32, 32) * 2 - 1
     terms, _ = task._reconstruction_terms(x, swap_target=None)
@@ -64,6 +68,35 @@ def test_swap_pixel_loss_uses_the_rendered_target():
         z = m.identity_encoder(x)
         expected = m.render(z.roll(1, dims=0), m.attribute_encoder(x)).abs().mean()
     torch.testing.assert_close(terms["swap_pixel"].detach(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_synthetic_identities_are_gaussian_with_the_queue_mean_and_covariance():
+    task = _phase_one_task()
+    task.losses.realism_queue_size = 64
+    z = torch.nn.functional.normalize(torch.randn(64, 32) + torch.linspace(-1, 1, 32), dim=1)
+    torch.manual_seed(0)
+    samples = torch.cat([task._synthetic_identities(z) for _ in range(400)])  # the queue stays z
+    torch.testing.assert_close(task._identity_queue, z)
+    torch.testing.assert_close(samples.mean(dim=0), z.mean(dim=0), atol=0.01, rtol=0)
+    torch.testing.assert_close(samples.T.cov(), z.T.cov(), atol=0.004, rtol=0)
+    # not the real identities themselves: a new one is at most moderately close to its nearest queued one
+    nearest = (torch.nn.functional.normalize(samples[:64], dim=1) @ z.T).max(dim=1).values
+    assert nearest.mean() < 0.95
+
+
+def test_the_synthetic_identity_term_trains_the_generator_through_the_frozen_identity_encoder():
+    task = _phase_one_task()
+    for name in ("l1", "ssim", "identity", "swap_identity"):
+        setattr(task.losses, name, 0.0)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    terms, _ = task._reconstruction_terms(x)
+    assert terms == {}
+    task.losses.synthetic_identity = 0.5
+    terms, _ = task._reconstruction_terms(x)
+    assert set(terms) == {"synthetic_identity"} and terms["synthetic_identity"].item() > 0
+    terms["synthetic_identity"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in task.model.generator.parameters())
+    assert all(p.grad is None for p in task.model.identity_encoder.parameters())
 
 
 def test_the_joint_phase_reuses_the_phase_one_encodings_with_the_same_losses_and_gradients():
@@ -156,6 +189,42 @@ def test_latent_recovery_reaches_the_flow_only_through_the_render_when_asked(thr
     assert all(g is not None and g.abs().sum() > 0 for g in compensator_grads)
     reached_flow = any(g is not None and g.abs().sum() > 0 for g in flow_grads)
     assert reached_flow == through_render
+
+
+def _joint_task(**weights: float) -> IFADITTask:
+    task = _flow_task(**weights)
+    joint = IFADITTask(**_parts(), phase="joint", losses=task.losses)
+    joint.model.compensator = registry.create("mappers", "compensator", dim=32, hidden=[16])
+    return joint
+
+
+@pytest.mark.parametrize("trains", [True, False])
+@pytest.mark.parametrize("term", ["anonymity", "two_key_diversity", "wrong_key", "recovery_image"])
+def test_untargeted_renders_train_the_generator_only_when_asked(term, trains):
+    """Joint phase: the anonymized, second-key and wrong-key renders have no target image; with
+    ``anonymized_render_trains_generator: false`` their losses reach the flow but not the generator."""
+    task = _joint_task(**{term: 1.0})
+    task.losses.anonymized_render_trains_generator = trains
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    torch.manual_seed(0)
+    terms = task._flow_terms(x)
+    assert set(terms) == {term}
+    terms[term].backward()
+
+    def reached(module: torch.nn.Module) -> bool:
+        return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+    assert reached(task.model.flow) and reached(task.model.attribute_encoder)
+    # the recovered face has a target (the original): its render trains the generator either way
+    assert reached(task.model.generator) == (trains or term == "recovery_image")
+    assert reached(task.model.mapper) == (trains or term == "recovery_image")
+
+
+def test_the_frozen_render_computes_the_same_image():
+    task = _joint_task()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    z, a = task.model.identity_encoder(x), task.model.attribute_encoder(x)
+    torch.testing.assert_close(task._render_without_training_the_renderer(z, a), task.model.render(z, a))
 
 
 def test_density_loss_needs_a_flow_with_a_density_model():
