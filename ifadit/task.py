@@ -71,8 +71,9 @@ class LossWeights:
         0.0  # G(M(z_other, a)) equals the rendered swap (batch["swap_image"], SynthFaces only)
     )
     # E_id(G(M(z_syn, a))) carries z_syn, a new identity drawn from a Gaussian with the covariance of recent
-    # real ones (the queue below): the generator learns to render identities no training face has, which is
-    # where phase 2's subspace flow sends anonymized identities.
+    # real ones (the queue below): the generator learns to render identities no training face has, like those
+    # a subspace flow (``identity_subspace``) makes. Measured: their read-back 0.66 -> 0.82 at 0.3, but no
+    # better recovery and a worse reconstruction (README, "Training", eighth session).
     synthetic_identity: float = 0.0
     # phase 2: the keyed identity transform
     anonymity: float = 1.0  # privacy: E_id(x_anon) far from z
@@ -89,7 +90,8 @@ class LossWeights:
     # joint phase only. False: the mapper and generator learn only from renders whose target image is known
     # (reconstruction, swaps, the recovered face); the anonymized, second-key and wrong-key renders pass
     # gradients to the flow and encoders but leave the generator's weights alone. True trained the generator
-    # to render anonymized identities as featureless dark heads (README, "Training", seventh session).
+    # to render anonymized identities as featureless dark heads (seventh session); False keeps them faces but
+    # recovers less (0.61-0.79 against 0.79-0.84; README, "Training", eighth session).
     anonymized_render_trains_generator: bool = True
     recovery_identity: float = 1.0  # E_id(x_rec) keeps z
     recovery_image: float = 1.0  # x_rec equals the reconstruction
