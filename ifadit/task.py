@@ -431,9 +431,9 @@ class IFADITTask(L.LightningModule):
         """One new identity per face: ``mean + sum_i e_i (q_i - mean) / sqrt(N - 1)`` over the queue ``q`` of
         recent real identities, ``e ~ N(0, I)`` — a Gaussian with their mean and covariance."""
         queue = self._remember_identities(z)
-        centred = queue - queue.mean(dim=0)
+        mean = queue.mean(dim=0)
         weights = torch.randn(z.shape[0], queue.shape[0], device=z.device, dtype=z.dtype)
-        return queue.mean(dim=0) + weights @ centred / max(queue.shape[0] - 1, 1) ** 0.5
+        return mean + weights @ (queue - mean) / max(queue.shape[0] - 1, 1) ** 0.5
 
     def _training_keys(self, batch: int, device: torch.device) -> Tensor:
         """Fresh random key conditions for one step. ``per_batch`` (the official code's choice) gives the

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from ifadit import registry
 from ifadit.flows.subspace import PrincipalSubspace, SubspaceFlow
 from ifadit.keys import SecretKey
-from ifadit.task import IFADITTask, OptimizerConfig
+from ifadit.task import IFADITTask, LossWeights, OptimizerConfig
 
 
 def _parts(scheme: str = "mapping"):
@@ -123,14 +123,19 @@ def test_the_joint_phase_reuses_the_phase_one_encodings_with_the_same_losses_and
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def _flow_task(**weights: float) -> IFADITTask:
-    task = IFADITTask(**_parts(), phase="flow")
-    for name in vars(task.losses):
-        if isinstance(getattr(task.losses, name), float) and name not in ("margin", "realism_threshold"):
-            setattr(task.losses, name, 0.0)
+def _only(**weights: float) -> LossWeights:
+    """Every loss weight 0 except ``weights`` (margins and thresholds keep their defaults)."""
+    losses = LossWeights()
+    for name in vars(losses):
+        if isinstance(getattr(losses, name), float) and name not in ("margin", "realism_threshold"):
+            setattr(losses, name, 0.0)
     for name, value in weights.items():
-        setattr(task.losses, name, value)
-    return task
+        setattr(losses, name, value)
+    return losses
+
+
+def _flow_task(**weights: float) -> IFADITTask:
+    return IFADITTask(**_parts(), phase="flow", losses=_only(**weights))
 
 
 def test_latent_terms_match_their_definitions_and_train_only_the_flow():
@@ -192,8 +197,7 @@ def test_latent_recovery_reaches_the_flow_only_through_the_render_when_asked(thr
 
 
 def _joint_task(**weights: float) -> IFADITTask:
-    task = _flow_task(**weights)
-    joint = IFADITTask(**_parts(), phase="joint", losses=task.losses)
+    joint = IFADITTask(**_parts(), phase="joint", losses=_only(**weights))
     joint.model.compensator = registry.create("mappers", "compensator", dim=32, hidden=[16])
     return joint
 
@@ -228,8 +232,6 @@ def test_the_frozen_render_computes_the_same_image():
 
 
 def test_density_loss_needs_a_flow_with_a_density_model():
-    from ifadit.task import LossWeights
-
     with pytest.raises(ValueError, match="needs a flow with its own density model"):
         IFADITTask(**_parts(), phase="flow", losses=LossWeights(density=1.0))
 
