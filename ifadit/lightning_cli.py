@@ -41,6 +41,7 @@ COMPONENT_GROUPS: dict[str, str] = {
     "identity_encoder": "identity_encoders",
     "attribute_encoder": "attribute_encoders",
     "generator": "generators",
+    "discriminator": "discriminators",
     "flow": "flows",
     "key_scheme": "key_schemes",
     "mapper": "mappers",

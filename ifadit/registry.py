@@ -19,6 +19,7 @@ GROUPS: tuple[str, ...] = (
     "identity_encoders",
     "attribute_encoders",
     "generators",
+    "discriminators",
     "recognizers",
     "mappers",
 )

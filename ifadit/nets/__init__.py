@@ -1,5 +1,5 @@
-"""Plain ``nn.Module`` face networks (no Lightning): generators, encoders, mappers."""
+"""Plain ``nn.Module`` face networks (no Lightning): generators, discriminators, encoders, mappers."""
 
-from ifadit.nets.base import AttributeEncoder, Generator, IdentityEncoder
+from ifadit.nets.base import AttributeEncoder, Discriminator, Generator, IdentityEncoder
 
-__all__ = ["AttributeEncoder", "Generator", "IdentityEncoder"]
+__all__ = ["AttributeEncoder", "Discriminator", "Generator", "IdentityEncoder"]

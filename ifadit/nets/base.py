@@ -43,3 +43,12 @@ class Generator(nn.Module, ABC):
     @abstractmethod
     def map(self, z: Tensor) -> Tensor:
         """The mapping network z -> w (the paper's key mapper reuses it)."""
+
+
+class Discriminator(nn.Module, ABC):
+    """Images in [-1, 1] of ``size`` x ``size`` -> one realism logit each, shape (B, 1)."""
+
+    size: int
+
+    @abstractmethod
+    def forward(self, images: Tensor) -> Tensor: ...
