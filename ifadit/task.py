@@ -37,7 +37,7 @@ from ifadit.flows import KeyedFlow, PrincipalSubspace, SubspaceFlow
 from ifadit.keys import KeyScheme, SecretKey
 from ifadit.losses import anonymity_loss, batch_diversity_loss, identity_loss
 from ifadit.metrics import AnonymizationSuite
-from ifadit.nets import AttributeEncoder, Generator, IdentityEncoder
+from ifadit.nets import AttributeEncoder, Discriminator, Generator, IdentityEncoder
 from ifadit.nets.timm_encoders import ArcFaceHead
 from ifadit.recognizers import EncoderRecognizer
 from ifadit.weights import WeightsError, load_checkpoint
@@ -75,6 +75,18 @@ class LossWeights:
     # a subspace flow (``identity_subspace``) makes. Measured: their read-back 0.66 -> 0.82 at 0.3, but no
     # better recovery and a worse reconstruction (README, "Training", eighth session).
     synthetic_identity: float = 0.0
+    # Non-saturating GAN loss (needs ``model.discriminator``): the generator's renders must look like the
+    # training images to a discriminator trained on the same step. ``adversarial`` judges phase 1's
+    # reconstructions and swaps; ``anonymized_adversarial`` the anonymized render, whose gradient reaches
+    # the flow (and in the joint phase the generator): anonymized identities must render as faces.
+    adversarial: float = 0.0
+    anonymized_adversarial: float = 0.0
+    # What the discriminator sees as real: "image" (the training images) or "reconstruction" (phase 2's
+    # G(M(z, a)) of real identities: the critic then tells anonymized identities from real ones rendered by
+    # the same generator, not rendered faces from photos). "reconstruction" excludes ``adversarial``.
+    adversarial_reference: Literal["image", "reconstruction"] = "image"
+    r1: float = 0.0  # R1 gradient penalty on the discriminator's real inputs (StyleGAN2: 10)
+    r1_interval: int = 16  # lazy R1: every N steps, weighted by N (StyleGAN2's choice)
     # phase 2: the keyed identity transform
     anonymity: float = 1.0  # privacy: E_id(x_anon) far from z
     two_key_diversity: float = 1.0  # two keys give two identities
@@ -134,6 +146,7 @@ class Encoded(NamedTuple):
 class OptimizerConfig:
     lr: float = 2e-3
     generator_lr: float | None = None  # defaults to lr
+    discriminator_lr: float | None = None  # defaults to generator_lr
     betas: tuple[float, float] = (0.5, 0.99)
     weight_decay: float = 0.0
     # "cosine": every group's rate falls along a half cosine to 0 at the fit's last step (per step; a
@@ -171,6 +184,7 @@ class IFADITTask(L.LightningModule):
         predict_key_file: str | None = None,
         training_keys: Literal["per_sample", "per_batch"] = "per_sample",
         identity_subspace: PrincipalSubspace | None = None,
+        discriminator: Discriminator | None = None,
     ) -> None:
         super().__init__()
         if phase not in PHASES:
@@ -185,6 +199,7 @@ class IFADITTask(L.LightningModule):
                 "key_scheme",
                 "compensator",
                 "identity_subspace",
+                "discriminator",
                 "losses",
                 "optimizer",
             ]
@@ -203,6 +218,7 @@ class IFADITTask(L.LightningModule):
         self.arcface_head: ArcFaceHead | None = None
         self.model: IFADIT | None = None
         self.recognizer: IdentityEncoder | None = None
+        self.discriminator: Discriminator | None = None
         if phase == "recognizer":
             self.recognizer = identity_encoder
             if num_identities is not None:
@@ -239,10 +255,43 @@ class IFADITTask(L.LightningModule):
                 key_scheme if keyed else None,
                 compensator,
             )
+            self.discriminator = self._checked_discriminator(discriminator)
         if init_from:
             self.load_components(init_from)
         self._configure_trainable()
         self.train()  # Lightning never calls train() before fitting: frozen parts must start in eval mode
+
+    def _checked_discriminator(self, discriminator: Discriminator | None) -> Discriminator | None:
+        """The discriminator when an adversarial term of this phase uses it (else it is not kept)."""
+        w = self.losses
+        adversarial = w.adversarial if self.phase in ("disentangle", "joint") else 0.0
+        anonymized = w.anonymized_adversarial if self.phase in ("flow", "joint") else 0.0
+        if w.adversarial_reference not in ("image", "reconstruction"):
+            raise ValueError(
+                "losses.adversarial_reference must be 'image' or 'reconstruction', "
+                f"got {w.adversarial_reference!r}"
+            )
+        if w.adversarial_reference == "reconstruction" and adversarial:
+            raise ValueError(
+                "losses.adversarial_reference 'reconstruction' makes reconstructions the real class: "
+                "it cannot also train them as fakes (losses.adversarial must be 0)"
+            )
+        if w.r1_interval < 1:
+            raise ValueError(f"losses.r1_interval must be >= 1, got {w.r1_interval}")
+        if not (adversarial or anonymized):
+            return None
+        if discriminator is None:
+            raise ValueError(
+                f"losses.adversarial / anonymized_adversarial in phase {self.phase!r} "
+                "need model.discriminator"
+            )
+        assert self.model is not None
+        if discriminator.size != self.model.generator.size:
+            raise ValueError(
+                f"the discriminator takes {discriminator.size} px images, the generator renders "
+                f"{self.model.generator.size} px"
+            )
+        return discriminator
 
     @property
     def identity_encoder(self) -> IdentityEncoder:
@@ -303,12 +352,13 @@ class IFADITTask(L.LightningModule):
         if m is None:
             return [self.identity_encoder, *([self.arcface_head] if self.arcface_head is not None else [])]
         generator = [m.generator] if self.train_generator else []
+        critic = [self.discriminator] if self.discriminator is not None else []
         if self.phase == "disentangle":
-            return [m.attribute_encoder, m.mapper, *generator]
+            return [m.attribute_encoder, m.mapper, *generator, *critic]
         keyed = [p for p in (m.flow, m.compensator) if p is not None]
         if self.phase == "flow":
-            return keyed
-        return [m.attribute_encoder, m.mapper, *generator, *keyed]
+            return [*keyed, *critic]
+        return [m.attribute_encoder, m.mapper, *generator, *keyed, *critic]
 
     def _configure_trainable(self) -> None:
         key_scheme_trainable = {}
@@ -368,15 +418,22 @@ class IFADITTask(L.LightningModule):
         return ["identity_encoder.", "attribute_encoder.", "mapper.", "generator."]
 
     def configure_optimizers(self) -> torch.optim.Optimizer | OptimizerLRSchedulerConfig:
-        generator_params = set()
+        generator_params: set[int] = set()
+        critic_params: set[int] = set()
         if self.model is not None:
             generator_params = {id(p) for p in self.model.generator.parameters()}
+        if self.discriminator is not None:
+            critic_params = {id(p) for p in self.discriminator.parameters()}
         params = [p for p in self.parameters() if p.requires_grad]
-        main = [p for p in params if id(p) not in generator_params]
+        main = [p for p in params if id(p) not in generator_params | critic_params]
         gen = [p for p in params if id(p) in generator_params]
+        critic = [p for p in params if id(p) in critic_params]
+        generator_lr = self.optim.generator_lr or self.optim.lr
         groups = [{"params": main, "lr": self.optim.lr}]
         if gen:
-            groups.append({"params": gen, "lr": self.optim.generator_lr or self.optim.lr})
+            groups.append({"params": gen, "lr": generator_lr})
+        if critic:
+            groups.append({"params": critic, "lr": self.optim.discriminator_lr or generator_lr})
         # The fused kernel updates every tensor in one pass: the same Adam, 1.6x faster a step than the
         # default per-tensor loop on the CPU for phase 1's 7.3M parameters (benchmarks/training_speed.py).
         fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
@@ -391,10 +448,10 @@ class IFADITTask(L.LightningModule):
 
     # -- losses ---
     def _reconstruction_terms(
-        self, x: Tensor, swap_target: Tensor | None = None
+        self, x: Tensor, swap_target: Tensor | None = None, fakes: list[Tensor] | None = None
     ) -> tuple[dict[str, Tensor], Encoded]:
         """Phase-1 terms, and the encodings and render they computed (the joint phase's flow terms reuse
-        them)."""
+        them). ``fakes`` collects the renders the discriminator must learn to reject."""
         m, w = self.model, self.losses
         assert m is not None
         with torch.no_grad():
@@ -411,6 +468,7 @@ class IFADITTask(L.LightningModule):
             terms["ssim"] = w.ssim * kornia.losses.ssim_loss((x_hat + 1) / 2, (x + 1) / 2, window_size=7)
         if w.identity:
             terms["identity"] = w.identity * identity_loss(m.identity_encoder(x_hat), z, w.margin)
+        x_swap = None
         if (w.swap_identity or (w.swap_pixel and swap_target is not None)) and x.shape[0] > 1:
             z_other = z.roll(1, dims=0)  # image i-1's identity on image i's attributes
             x_swap = m.render(z_other, a)
@@ -425,7 +483,47 @@ class IFADITTask(L.LightningModule):
             terms["synthetic_identity"] = w.synthetic_identity * identity_loss(
                 m.identity_encoder(m.render(z_syn, a)), z_syn, w.margin
             )
+        if w.adversarial and fakes is not None:
+            renders = x_hat if x_swap is None else torch.cat((x_hat, x_swap))
+            terms["adversarial"] = w.adversarial * self._fool_discriminator(renders, fakes)
         return terms, Encoded(z, a, x_hat)
+
+    def _encode_and_render(self, x: Tensor) -> Encoded:
+        """``(E_id(x), E_attr(x), G(M(z, a)))`` without gradients (phase 2's frozen front)."""
+        m = self.model
+        assert m is not None
+        with torch.no_grad():
+            z, a = m.identity_encoder(x), m.attribute_encoder(x)
+            return Encoded(z, a, m.render(z, a))
+
+    def _fool_discriminator(self, renders: Tensor, fakes: list[Tensor]) -> Tensor:
+        """Non-saturating generator loss through the discriminator's weights, detached: its gradient
+        reaches the renders only. The renders join ``fakes`` for the discriminator's own loss."""
+        assert self.discriminator is not None
+        critic = self.discriminator
+        logits = functional_call(critic, _detached_state(critic), (renders,))
+        fakes.append(renders)
+        return F.softplus(-logits).mean()
+
+    def _discriminator_loss(self, real: Tensor, fakes: list[Tensor]) -> Tensor:
+        """The discriminator's logistic loss on real images and the step's renders (detached: it trains the
+        discriminator only), plus the lazy R1 penalty.
+
+        Summed into the same loss as the generator's terms, one backward pass trains both, from the same
+        weights (simultaneous GAN updates). That keeps Lightning's automatic optimisation, so precision,
+        gradient accumulation, DDP, schedules and ``--ckpt_path`` resume work unchanged, where alternating
+        updates would need a second optimizer and manual optimisation."""
+        assert self.discriminator is not None
+        critic, w = self.discriminator, self.losses
+        fake = torch.cat([f.detach() for f in fakes])
+        loss = F.softplus(critic(fake)).mean() + F.softplus(-critic(real.detach())).mean()
+        if w.r1 and self.global_step % w.r1_interval == 0:
+            # float32: a double backward through bf16 loses the small gradient norms the penalty measures
+            inputs = real.detach().float().requires_grad_(True)
+            with torch.autocast(device_type=inputs.device.type, enabled=False):
+                (grad,) = torch.autograd.grad(critic(inputs).sum(), inputs, create_graph=True)
+            loss = loss + w.r1 / 2 * w.r1_interval * grad.pow(2).flatten(1).sum(dim=1).mean()
+        return loss
 
     def _synthetic_identities(self, z: Tensor) -> Tensor:
         """One new identity per face: ``mean + sum_i e_i (q_i - mean) / sqrt(N - 1)`` over the queue ``q`` of
@@ -443,10 +541,12 @@ class IFADITTask(L.LightningModule):
             return self.model.key_scheme.sample(1, device=device).expand(batch, -1)
         return self.model.key_scheme.sample(batch, device=device)
 
-    def _flow_terms(self, x: Tensor, encoded: Encoded | None = None) -> dict[str, Tensor]:
+    def _flow_terms(
+        self, x: Tensor, encoded: Encoded | None = None, fakes: list[Tensor] | None = None
+    ) -> dict[str, Tensor]:
         """Phase-2 terms. ``encoded``: this batch's encodings and render from the phase-1 terms (joint phase),
         which are the same tensors this would compute again: one identity-encoder, one attribute-encoder
-        and one generator pass fewer a step."""
+        and one generator pass fewer a step. ``fakes`` collects renders for the discriminator."""
         m, w = self.model, self.losses
         assert m is not None
         batch = x.shape[0]
@@ -473,6 +573,8 @@ class IFADITTask(L.LightningModule):
             terms["anonymity"] = w.anonymity * anonymity_loss(f_a, z, w.margin)
         if w.anonymized_identity:
             terms["anonymized_identity"] = w.anonymized_identity * identity_loss(f_a, z_a, w.margin)
+        if w.anonymized_adversarial and fakes is not None:
+            terms["anonymized_adversarial"] = w.anonymized_adversarial * self._fool_discriminator(x_a, fakes)
         if w.latent_norm:
             terms["latent_norm"] = w.latent_norm * (z_a.norm(dim=1) - 1).pow(2).mean()
         z_b = None
@@ -581,11 +683,18 @@ class IFADITTask(L.LightningModule):
             return loss
         terms: dict[str, Tensor] = {}
         encoded = None
+        fakes: list[Tensor] | None = [] if self.discriminator is not None else None
+        reference_is_render = self.losses.adversarial_reference == "reconstruction"
         if self.phase in ("disentangle", "joint"):
-            reconstruction, encoded = self._reconstruction_terms(x, batch.get("swap_image"))
+            reconstruction, encoded = self._reconstruction_terms(x, batch.get("swap_image"), fakes)
             terms.update(reconstruction)
         if self.phase in ("flow", "joint"):
-            terms.update(self._flow_terms(x, encoded))
+            if encoded is None and fakes is not None and reference_is_render:
+                encoded = self._encode_and_render(x)  # the critic's real class; the flow terms reuse it
+            terms.update(self._flow_terms(x, encoded, fakes))
+        if fakes:
+            real = encoded.render if reference_is_render and encoded is not None else x
+            terms["discriminator"] = self._discriminator_loss(real, fakes)
         loss = torch.stack(list(terms.values())).sum()
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True, on_epoch=False)
         self.log("train/loss", loss, prog_bar=True)

@@ -365,3 +365,120 @@ def test_the_cosine_schedule_takes_every_group_to_zero_at_the_last_step_and_cons
     for got, want in zip(rates["cosine"], expected, strict=True):
         assert got == pytest.approx(want)
     assert rates["constant"] == [[1e-3, 4e-4]] * 4
+
+
+# -- the adversarial loss ---
+
+
+def _critic(size: int = 32) -> torch.nn.Module:
+    return registry.create("discriminators", "stylegan2", size=size, max_channels=16)
+
+
+def _reached(module: torch.nn.Module) -> bool:
+    return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+def test_the_adversarial_term_trains_the_generator_and_the_critic_loss_only_the_critic():
+    parts = _parts()
+    parts.pop("flow"), parts.pop("key_scheme")
+    task = IFADITTask(**parts, phase="disentangle", discriminator=_critic(), losses=_only(adversarial=0.5))
+    critic, m = task.discriminator, task.model
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    fakes: list[torch.Tensor] = []
+    terms, encoded = task._reconstruction_terms(x, fakes=fakes)
+    assert set(terms) == {"adversarial"} and len(fakes) == 1
+    softplus = torch.nn.functional.softplus
+    with torch.no_grad():
+        torch.testing.assert_close(terms["adversarial"], 0.5 * softplus(-critic(encoded.render)).mean())
+    terms["adversarial"].backward()
+    assert _reached(m.generator) and _reached(m.mapper) and _reached(m.attribute_encoder)
+    assert not _reached(critic)
+    task.zero_grad(set_to_none=True)
+    loss = task._discriminator_loss(x, fakes)
+    with torch.no_grad():
+        expected = softplus(critic(encoded.render)).mean() + softplus(-critic(x)).mean()
+    torch.testing.assert_close(loss.detach(), expected)
+    loss.backward()
+    assert _reached(critic) and not _reached(m.generator) and not _reached(m.attribute_encoder)
+
+
+def test_the_lazy_r1_penalty_is_the_squared_input_gradient_on_real_images_every_nth_step():
+    parts = _parts()
+    parts.pop("flow"), parts.pop("key_scheme")
+    losses = _only(adversarial=1.0, r1=2.0, r1_interval=4)
+    task = IFADITTask(**parts, phase="disentangle", discriminator=_critic(), losses=losses)
+    x, fake = torch.rand(4, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1
+    with_penalty = task._discriminator_loss(x, [fake])  # no trainer: step 0, a penalty step
+    inputs = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(task.discriminator(inputs).sum(), inputs)
+    task.losses.r1 = 0.0
+    without = task._discriminator_loss(x, [fake])
+    penalty = 2.0 / 2 * 4 * grad.pow(2).flatten(1).sum(dim=1).mean()
+    torch.testing.assert_close(with_penalty - without, penalty, rtol=1e-4, atol=1e-6)
+    assert penalty > 0
+
+
+def test_the_anonymized_adversarial_term_trains_the_flow_not_the_frozen_generator():
+    task = IFADITTask(**_parts(), phase="flow", discriminator=_critic(),
+                      losses=_only(anonymized_adversarial=1.0))
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    fakes: list[torch.Tensor] = []
+    terms = task._flow_terms(x, fakes=fakes)
+    assert set(terms) == {"anonymized_adversarial"} and len(fakes) == 1
+    terms["anonymized_adversarial"].backward()
+    assert _reached(task.model.flow)
+    assert not _reached(task.model.generator) and not _reached(task.discriminator)
+
+
+@pytest.mark.parametrize("reference", ["image", "reconstruction"])
+def test_a_training_step_trains_the_critic_on_its_reference_as_real(tmp_path, reference):
+    """phase 2, one step: the critic's real class is the training images or their reconstructions."""
+    losses = _only(anonymized_adversarial=1.0, adversarial_reference=reference)
+    task = IFADITTask(**_parts(), phase="flow", discriminator=_critic(), losses=losses)
+    seen: list[torch.Tensor] = []
+    original = task._discriminator_loss
+    task._discriminator_loss = lambda real, fakes: seen.append(real) or original(real, fakes)  # spy
+    critic_before = [p.detach().clone() for p in task.discriminator.parameters()]
+    generator_before = [p.detach().clone() for p in task.model.generator.parameters()]
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+    data = _RandomFaces()
+    trainer.fit(task, data)
+    first = torch.stack([d["image"] for d in data.items[:8]])
+    if reference == "image":
+        torch.testing.assert_close(seen[0], first)
+    else:
+        m = task.model
+        with torch.no_grad():
+            z, a = m.identity_encoder(first), m.attribute_encoder(first)
+            torch.testing.assert_close(seen[0], m.render(z, a), rtol=1e-4, atol=1e-5)
+    after = list(task.discriminator.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(critic_before, after, strict=True))
+    generator_after = task.model.generator.parameters()
+    assert all(torch.equal(a, b) for a, b in zip(generator_before, generator_after, strict=True))
+
+
+def test_adversarial_settings_are_checked():
+    parts = _parts()
+    with pytest.raises(ValueError, match=r"need model\.discriminator"):
+        IFADITTask(**parts, phase="flow", losses=_only(anonymized_adversarial=1.0))
+    with pytest.raises(ValueError, match="renders 32 px"):
+        IFADITTask(**parts, phase="flow", discriminator=_critic(64), losses=_only(anonymized_adversarial=1.0))
+    losses = _only(adversarial=1.0, adversarial_reference="reconstruction")
+    with pytest.raises(ValueError, match=r"losses\.adversarial must be 0"):
+        IFADITTask(**parts, phase="joint", discriminator=_critic(), losses=losses)
+    with pytest.raises(ValueError, match="must be 'image' or 'reconstruction', got 'photo'"):
+        IFADITTask(**parts, phase="flow", losses=_only(adversarial_reference="photo"))
+    # a term of another phase needs no critic, and none is kept
+    task = IFADITTask(**parts, phase="flow", discriminator=_critic(), losses=_only(adversarial=1.0))
+    assert task.discriminator is None and not any(k.startswith("discriminator.") for k in task.state_dict())
+
+
+def test_the_critic_has_its_own_learning_rate_group():
+    parts = _parts()
+    parts.pop("flow"), parts.pop("key_scheme")
+    task = IFADITTask(**parts, phase="disentangle", discriminator=_critic(), losses=_only(adversarial=1.0),
+                      optimizer=OptimizerConfig(lr=1e-3, generator_lr=5e-4, discriminator_lr=2e-4))
+    main, generator, critic = task.configure_optimizers().param_groups
+    assert {id(p) for p in critic["params"]} == {id(p) for p in task.discriminator.parameters()}
+    assert (main["lr"], generator["lr"], critic["lr"]) == (1e-3, 5e-4, 2e-4)
