@@ -86,13 +86,16 @@ def find_mlflow_logger(trainer: L.Trainer) -> MLFlowLogger | None:
 
 
 def local_log_dir(trainer: L.Trainer) -> Path:
-    """The first logger's folder, else ``default_root_dir``. Unlike ``trainer.log_dir`` this makes no
-    collective call, so rank-0-only code may use it without stalling the other ranks."""
+    """The first logger's folder, else the run's checkpoint folder, else ``default_root_dir`` (without a
+    logger Lightning's choice is the working directory: a user's checkout would collect ``config.yaml``
+    and ``samples/``). Unlike ``trainer.log_dir`` this makes no collective call, so rank-0-only code may
+    use it without stalling the other ranks."""
     for logger in trainer.loggers:
         folder = getattr(logger, "log_dir", None) or logger.save_dir
         if folder:
             return Path(folder)
-    return Path(trainer.default_root_dir)
+    checkpoints = getattr(trainer.checkpoint_callback, "dirpath", None)
+    return Path(checkpoints) if checkpoints else Path(trainer.default_root_dir)
 
 
 class MLflowRunInCheckpoint(L.Callback):
@@ -134,7 +137,7 @@ class MLflowSaveConfigCallback(SaveConfigCallback):
 
     The stock callback writes into ``trainer.log_dir``, which an MLflow logger on a database store does
     not have. The base class calls :meth:`save_config` on rank 0 only. Without an MLflow logger the config
-    goes to the trainer's log folder (or ``default_root_dir``) instead.
+    goes to :func:`local_log_dir`.
     """
 
     def __init__(

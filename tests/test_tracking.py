@@ -12,6 +12,7 @@ import pytest
 import torch
 import torchvision
 import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
 from mlflow.tracking import MlflowClient
@@ -282,6 +283,22 @@ def test_save_config_callback_without_mlflow_writes_into_the_log_folder(tmp_path
     assert isinstance(cli.trainer.logger, CSVLogger)
     written = Path(cli.trainer.logger.log_dir) / "config.yaml"
     assert yaml.safe_load(written.read_text())["model"]["width"] == 3
+
+
+def test_save_config_callback_without_a_logger_writes_next_to_the_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    checkpoints = tmp_path / "outputs" / "run"
+    cli = LightningCLI(
+        GridModule, RandomFaces, save_config_callback=MLflowSaveConfigCallback,
+        trainer_defaults={"logger": False, "callbacks": [ModelCheckpoint(dirpath=str(checkpoints))]},
+        args=["fit", "--model.width", "3", "--trainer.max_steps", "1",
+              "--trainer.enable_progress_bar", "false"],
+    )
+    assert cli.trainer.loggers == []
+    assert yaml.safe_load((checkpoints / "config.yaml").read_text())["model"]["width"] == 3
+    assert not (tmp_path / "config.yaml").exists()  # not into the working directory
 
 
 def _prepare_in_child(uri: str) -> None:
