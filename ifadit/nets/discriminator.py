@@ -23,8 +23,8 @@ from ifadit.nets.stylegan2 import (
     Blur,
     EqualLinear,
     FusedLeakyReLU,
-    _resolve_checkpoint,
     read_rosinality_checkpoint,
+    resolve_checkpoint,
     rosinality_channels,
 )
 from ifadit.weights import WeightsError, load_state_dict_by_name
@@ -146,7 +146,7 @@ class StyleGAN2Discriminator(Discriminator):
 
     def load_checkpoint(self, checkpoint: str | os.PathLike[str], key: str | None = "d") -> None:
         """Load the ``d`` of a rosinality training checkpoint (path or manifest name) into this model."""
-        path = _resolve_checkpoint(checkpoint)
+        path = resolve_checkpoint(checkpoint)
         state_dict, _ = read_rosinality_checkpoint(path, key)
         load_state_dict_by_name(self, state_dict, what=f"StyleGAN2 discriminator checkpoint {path}")
 
@@ -156,7 +156,7 @@ class StyleGAN2Discriminator(Discriminator):
     ) -> StyleGAN2Discriminator:
         """The discriminator of a rosinality training checkpoint (``"d"``), a manifest name or a bare state
         dict (``key=None``); size and channels are read off the shapes unless given."""
-        path = _resolve_checkpoint(checkpoint)
+        path = resolve_checkpoint(checkpoint)
         state_dict, _ = read_rosinality_checkpoint(path, key)
         model = cls(**{**infer_discriminator_config(state_dict), **config})
         load_state_dict_by_name(model, state_dict, what=f"StyleGAN2 discriminator checkpoint {path}")

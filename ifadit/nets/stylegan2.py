@@ -434,7 +434,7 @@ class StyleGAN2Generator(Generator):
 
     def load_checkpoint(self, checkpoint: str | os.PathLike[str], key: str | None = "g_ema") -> None:
         """Load a rosinality container (``{"g_ema": ..., "latent_avg": ...}``) or manifest entry by name."""
-        path = _resolve_checkpoint(checkpoint)
+        path = resolve_checkpoint(checkpoint)
         state_dict, latent_avg = read_rosinality_checkpoint(path, key)
         load_state_dict_by_name(self, state_dict, what=f"StyleGAN2 checkpoint {path}", strict=True)
         self.set_latent_avg(latent_avg)
@@ -466,7 +466,7 @@ class StyleGAN2Generator(Generator):
         rosinality-layout file (any size or channel multiplier) loads without knowing its settings.
         """
         name = str(checkpoint)
-        path = _resolve_checkpoint(checkpoint)
+        path = resolve_checkpoint(checkpoint)
         state_dict, latent_avg = read_rosinality_checkpoint(path, key)
         settings: dict[str, Any] = {**infer_config(state_dict), **PRETRAINED_CONFIGS.get(name, {}), **config}
         if name in PRETRAINED_CONFIGS or config.keys() & {"size", "channel_multiplier", "max_channels"}:
@@ -484,7 +484,9 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: to
     return torch.randn(shape, generator=generator, device=source).to(device)
 
 
-def _resolve_checkpoint(checkpoint: str | os.PathLike[str]) -> Path:
+def resolve_checkpoint(checkpoint: str | os.PathLike[str]) -> Path:
+    """A manifest name (``stylegan2-ffhq-256``) or a path, as the file to read; shared with the
+    discriminator, which reads the same rosinality files."""
     name = str(checkpoint)
     if name in MANIFEST:
         return resolve(name)
