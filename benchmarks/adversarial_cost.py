@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -23,7 +21,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from machine import cpu_name  # benchmarks/ is on sys.path when a script runs
+from machine import describe  # benchmarks/ is on sys.path when a script runs
 
 from ifadit.lightning_cli import build_task_from_config
 from ifadit.task import IFADITTask
@@ -90,10 +88,7 @@ def main() -> None:
          "speed_vs_recipe": base / statistics.mean(t)}
         for name, t in times.items()
     ]
-    machine = (
-        f"{cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}, {args.threads} thread(s), "
-        f"{platform.python_implementation()} {platform.python_version()}"
-    )
+    machine = describe(args.threads)
     when = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
     lines = [
         f"Phase-1 step with the adversarial loss — {when} — {machine}",

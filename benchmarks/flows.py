@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -18,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from machine import cpu_name  # benchmarks/ is on sys.path when a script runs
+from machine import describe  # benchmarks/ is on sys.path when a script runs
 from torch import Tensor, nn
 
 from ifadit import registry
@@ -127,10 +125,7 @@ def main() -> None:
             }
         )
 
-    machine = (
-        f"{cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} thread(s), {platform.python_implementation()} {platform.python_version()}"
-    )
+    machine = describe(torch.get_num_threads())
     setup = (
         f"dim {args.dim}, cond {args.cond_dim}, {args.blocks} blocks, batch {args.batch}, float32, CPU, "
         f"eval, no_grad; forward+inverse, median of {args.reps} interleaved reps after {args.warmup} warm-up"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import platform
+
+import torch
 
 
 def cpu_name() -> str:
@@ -14,3 +17,11 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def describe(threads: int) -> str:
+    """The machine line of a result table: CPU, cores, torch, threads, Python."""
+    return (
+        f"{cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}, {threads} thread(s), "
+        f"{platform.python_implementation()} {platform.python_version()}"
+    )

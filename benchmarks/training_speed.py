@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -26,7 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from machine import cpu_name  # benchmarks/ is on sys.path when a script runs
+from machine import describe  # benchmarks/ is on sys.path when a script runs
 from torch import Tensor
 
 from ifadit.nets.stylegan2 import ModulatedConv2d, StyleGAN2Generator
@@ -161,10 +159,7 @@ def main() -> None:
         ref_ms, ms = (statistics.median(times[n]) * 1e3 for n in (ref_label, label))
         rows.append({"part": part, "reference": ref_label, "ifadit": label, "reference_ms": ref_ms,
                      "ifadit_ms": ms, "speedup": ref_ms / ms, "max_difference": diff})
-    machine = (
-        f"{cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}, {args.threads} thread(s), "
-        f"{platform.python_implementation()} {platform.python_version()}"
-    )
+    machine = describe(args.threads)
     lines = [
         f"Training-step parts — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC — {machine}",
         f"(median of {args.reps} interleaved reps after {args.warmup} warm-ups; max difference: outputs "
