@@ -28,6 +28,7 @@ from ifadit.anonymizer import IFADIT
 from ifadit.cli import _build_task
 from ifadit.keys import SecretKey
 from ifadit.nets import IdentityEncoder
+from ifadit.nets.image import as_stored
 
 ROOT = Path(__file__).resolve().parents[1]
 CKPT = ROOT / "outputs/checkpoints/ifadit"
@@ -51,12 +52,13 @@ def score_key(
         cond = model.key_scheme(key, batch_size=n)
         other = model.key_scheme(next_key, batch_size=n)
         anonymized = model.anonymize(x, cond)
-        attributes = model.attribute_encoder(anonymized.image)  # shared by the right and the wrong key
-        recovered = model.recover(anonymized.image, cond, attributes)
+        stored = as_stored(anonymized.image)  # the 8-bit file a recovery reads, as in the metrics suite
+        attributes = model.attribute_encoder(stored)  # shared by the right and the wrong key
+        recovered = model.recover(stored, cond, attributes)
         wrong = model.render(model.flow.inverse(recovered.flow_input, other), attributes)
         second, _ = model.flow(anonymized.identity, other)
-        j_x, j_anon = judge(x), judge(anonymized.image)
-        read_back = model.identity_encoder(anonymized.image)
+        j_x, j_anon = judge(x), judge(stored)
+        read_back = model.identity_encoder(stored)
         values = {
             "reconstruction": F.cosine_similarity(
                 judge(model.render(anonymized.identity, anonymized.attributes)), j_x
@@ -64,7 +66,8 @@ def score_key(
             "anonymized": F.cosine_similarity(j_anon, j_x),
             "recovered": F.cosine_similarity(judge(recovered.image), j_x),
             "wrong_key": F.cosine_similarity(judge(wrong), j_x),
-            "two_keys": F.cosine_similarity(judge(model.render(second, anonymized.attributes)), j_anon),
+            "two_keys": F.cosine_similarity(judge(as_stored(model.render(second, anonymized.attributes))),
+                                            j_anon),
             "read_back": F.cosine_similarity(read_back, anonymized.anonymized_identity),
             "compensator": F.cosine_similarity(recovered.flow_input, anonymized.anonymized_identity),
             "after_inverse": F.cosine_similarity(recovered.identity, anonymized.identity),

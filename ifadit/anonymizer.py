@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ifadit.flows import KeyedFlow
 from ifadit.keys import KeyScheme
 from ifadit.nets import AttributeEncoder, Generator, IdentityEncoder
+from ifadit.nets.image import as_stored
 
 
 @dataclass
@@ -114,5 +115,6 @@ class IFADIT(nn.Module):
 
     @torch.no_grad()
     def anonymize_and_recover(self, images: Tensor, cond: Tensor) -> tuple[Anonymized, Recovered]:
+        """The round trip a user makes: recovery reads the anonymized image as its 8-bit file stores it."""
         anonymized = self.anonymize(images, cond)
-        return anonymized, self.recover(anonymized.image, cond)
+        return anonymized, self.recover(as_stored(anonymized.image), cond)

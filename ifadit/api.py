@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ifadit.anonymizer import IFADIT
 from ifadit.keys import SecretKey
+from ifadit.nets.image import uint8_levels
 from ifadit.photos.align import (
     MaskFn,
     alignment_matrices,
@@ -99,7 +100,7 @@ def to_tensor(pixels: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
 
 def to_uint8(image: Tensor) -> np.ndarray:
     """Float (3, H, W) in [-1, 1] -> RGB uint8 (H, W, 3)."""
-    return ((image.detach().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return uint8_levels(image.detach()).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 def compose_uint8(original: np.ndarray, result: PhotoResult) -> np.ndarray:

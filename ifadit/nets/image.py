@@ -1,4 +1,5 @@
-"""The one image resize every encoder does at its input edge."""
+"""Image helpers at the network edges: the one resize every encoder does, and the 8-bit storage every
+anonymized face goes through before anyone recovers it."""
 
 from __future__ import annotations
 
@@ -15,3 +16,20 @@ def resize_square(images: Tensor, size: int) -> Tensor:
     if images.shape[-2:] == (size, size):
         return images
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def uint8_levels(images: Tensor) -> Tensor:
+    """[-1, 1] floats -> the integer levels 0..255 an 8-bit image file holds (as floats, same device)."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round()
+
+
+def as_stored(images: Tensor, straight_through: bool = False) -> Tensor:
+    """``images`` as an 8-bit file gives them back, in [-1, 1]: what a recovery actually reads.
+
+    A user recovers from the saved anonymized image, not from the generator's floats, and rounding alone
+    moves some keys' recovery by 0.1 (README, "Training", tenth session). ``straight_through`` keeps the
+    stored values forward and the identity's gradient backward, so training can meet the rounding."""
+    stored = uint8_levels(images) / 127.5 - 1
+    if straight_through:
+        return images + (stored - images).detach()
+    return stored
