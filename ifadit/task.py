@@ -38,6 +38,7 @@ from ifadit.keys import KeyScheme, SecretKey
 from ifadit.losses import anonymity_loss, batch_diversity_loss, identity_loss
 from ifadit.metrics import AnonymizationSuite
 from ifadit.nets import AttributeEncoder, Discriminator, Generator, IdentityEncoder
+from ifadit.nets.image import as_stored
 from ifadit.nets.timm_encoders import ArcFaceHead
 from ifadit.recognizers import EncoderRecognizer
 from ifadit.weights import WeightsError, load_checkpoint
@@ -105,6 +106,11 @@ class LossWeights:
     # to render anonymized identities as featureless dark heads (seventh session); False keeps them faces but
     # recovers less (0.61-0.79 against 0.79-0.84; README, "Training", eighth session).
     anonymized_render_trains_generator: bool = True
+    # True: the phase-2 terms read the anonymized face as an 8-bit file stores it (straight-through rounding),
+    # as every recovery does; False: the generator's floats, as the paper's code does. On the quickstart
+    # (2 seeds, 7 keys) True lifted one seed's worst key (0.53 -> 0.76) but not the other's, and kept fewer
+    # keys apart (README, "Training", tenth session), so it stays off.
+    store_anonymized: bool = False
     recovery_identity: float = 1.0  # E_id(x_rec) keeps z
     recovery_image: float = 1.0  # x_rec equals the reconstruction
     wrong_key: float = 1.0  # a wrong key's recovery stays anonymous
@@ -567,6 +573,8 @@ class IFADITTask(L.LightningModule):
             else self._render_without_training_the_renderer
         )
         x_a = render_untargeted(z_a, a)
+        if w.store_anonymized:
+            x_a = as_stored(x_a, straight_through=True)
         f_a = m.identity_encoder(x_a)
         terms: dict[str, Tensor] = {}
         if w.anonymity:

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from ifadit import registry
 from ifadit.flows.subspace import PrincipalSubspace, SubspaceFlow
 from ifadit.keys import SecretKey
+from ifadit.nets.image import as_stored
 from ifadit.task import IFADITTask, LossWeights, OptimizerConfig
 
 
@@ -194,6 +195,20 @@ def test_latent_recovery_reaches_the_flow_only_through_the_render_when_asked(thr
     assert all(g is not None and g.abs().sum() > 0 for g in compensator_grads)
     reached_flow = any(g is not None and g.abs().sum() > 0 for g in flow_grads)
     assert reached_flow == through_render
+
+
+@pytest.mark.parametrize("store", [True, False])
+def test_stored_anonymized_faces_are_what_the_phase_two_terms_read_and_still_train_the_flow(store):
+    task = _flow_task(anonymity=1.0)
+    task.losses.store_anonymized = store
+    seen = []
+    task.model.identity_encoder.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    terms = task._flow_terms(x)
+    anonymized = seen[-1]  # the encoder reads the face first, then its anonymization
+    assert torch.allclose(anonymized, as_stored(anonymized), atol=1e-5) == store
+    terms["anonymity"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in task.model.flow.parameters())
 
 
 def _joint_task(**weights: float) -> IFADITTask:
