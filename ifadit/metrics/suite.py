@@ -1,9 +1,9 @@
 """``AnonymizationSuite``: one object that drives an :class:`~ifadit.anonymizer.IFADIT` model with a key and
 feeds every metric of :mod:`ifadit.metrics`, judged by one or more recognizers.
 
-Per batch it anonymizes the faces with the user's key (and with K-1 public keys for diversity), recovers
-them with that key, with a wrong key and with the key one bit away, reconstructs them without the flow, and
-scores
+Per batch it anonymizes the faces with the user's key (and with K-1 public keys for diversity), stores them
+as 8-bit images would hold them, recovers the stored faces with that key, with a wrong key and with the key
+one bit away, reconstructs the originals without the flow, and scores
 
 - anonymity: identity cosine and re-identification rate original vs anonymized, top-1 retrieval of the
   original identity from the gallery of originals (per recognizer);
