@@ -5,7 +5,9 @@ of the same identity (genuine pairs) and of different identities (impostors), an
 reconstruction against its own original, against the other images of the same identity and against
 impostors. A recovered face that scores above the genuine-pair cosine is closer to its original than a
 second photo of the same person is: that much of the score is pose, light and expression, not identity.
-Also the number of principal directions holding 90 % of the embeddings' variance on those images.
+Also the number of principal directions holding 90 % of the embeddings' variance on those images, and their
+participation ratio ``(sum of variances)^2 / sum of squared variances``: about how many directions a key
+transform can move an identity in that this recognizer notices (README, "Training", eleventh session).
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/judge_calibration.py`` (defaults: the quickstart checkpoints, the
 judge and the model's own identity encoder). Prints a table and writes ``--out`` (Markdown) when given.
@@ -50,6 +52,7 @@ def calibration(originals: Tensor, renders: Tensor, labels: Tensor) -> dict[str,
         "render_same_identity": rendered[other_image].mean().item(),
         "render_impostor": rendered[~same].mean().item(),
         "dims_90": int((share < 0.9).sum().item()) + 1,
+        "participation": (variance.sum().pow(2) / variance.pow(2).sum()).item(),
     }
 
 
@@ -92,14 +95,15 @@ def main() -> None:
         f"Machine: {describe(args.threads)}.",
         "",
         "| recognizer | genuine pairs | impostors | reconstruction vs its original "
-        "| vs same identity's other images | vs impostors | directions for 90 % |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| vs same identity's other images | vs impostors | directions for 90 % | participation ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, encoder in encoders.items():
         c = calibration(embed(encoder, images), embed(encoder, renders), labels)
         lines.append(
             f"| {name} | {c['genuine']:.3f} | {c['impostor']:.3f} | {c['render_own_original']:.3f} | "
-            f"{c['render_same_identity']:.3f} | {c['render_impostor']:.3f} | {c['dims_90']} |"
+            f"{c['render_same_identity']:.3f} | {c['render_impostor']:.3f} | {c['dims_90']} | "
+            f"{c['participation']:.1f} |"
         )
     text = "\n".join(lines)
     print(text)
