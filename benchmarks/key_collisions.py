@@ -101,12 +101,17 @@ def _meets(name: str, value: float) -> bool:
     return value <= bound if op == "<=" else value >= bound
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_model_and_judge_arguments(parser: argparse.ArgumentParser) -> None:
+    """A trained model and the judge scoring it; the defaults are the quickstart's checkpoints."""
     parser.add_argument("--config", default=str(ROOT / "recipes/quickstart/flow.yaml"))
     parser.add_argument("--ckpt", default=str(CKPT / "quickstart-flow/last.ckpt"))
     parser.add_argument("--judge-config", default=str(ROOT / "recipes/quickstart/judge.yaml"))
     parser.add_argument("--judge-ckpt", default=str(CKPT / "quickstart-judge/last.ckpt"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_and_judge_arguments(parser)
     parser.add_argument("--keys", nargs="+", required=True, help="user key files, two or more")
     parser.add_argument("--random-keys", type=int, default=24)
     parser.add_argument("--threads", type=int, default=1)

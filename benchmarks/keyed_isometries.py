@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from key_collisions import GOALS, _meets  # benchmarks/ is on sys.path when a script runs
+from key_collisions import GOALS, _meets, add_model_and_judge_arguments  # benchmarks/ is on sys.path
 from machine import describe
 from torch import Tensor
 
@@ -37,9 +37,6 @@ from ifadit.anonymizer import IFADIT
 from ifadit.cli import _build_task
 from ifadit.nets import IdentityEncoder
 from ifadit.nets.image import as_stored
-
-ROOT = Path(__file__).resolve().parents[1]
-CKPT = ROOT / "outputs/checkpoints/ifadit"
 
 
 class PrincipalIsometry:
@@ -129,10 +126,7 @@ def score(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "recipes/quickstart/flow.yaml"))
-    parser.add_argument("--ckpt", default=str(CKPT / "quickstart-flow/last.ckpt"))
-    parser.add_argument("--judge-config", default=str(ROOT / "recipes/quickstart/judge.yaml"))
-    parser.add_argument("--judge-ckpt", default=str(CKPT / "quickstart-judge/last.ckpt"))
+    add_model_and_judge_arguments(parser)
     parser.add_argument("--keys", type=int, default=8)
     parser.add_argument("--fit-images", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=2)
