@@ -71,17 +71,23 @@ class PrincipalIsometry:
 
 
 @torch.no_grad()
+def encode(model: IFADIT, images: Tensor, batch: int = 128) -> tuple[Tensor, Tensor]:
+    """Identities and attributes of ``images``, once: every key and every family reuses them."""
+    parts = [(model.identity_encoder(x), model.attribute_encoder(x)) for x in images.split(batch)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+@torch.no_grad()
 def fit_compensator(
-    model: IFADIT, images: Tensor, transform: PrincipalIsometry, seed: int = 999
+    model: IFADIT, identities: Tensor, attributes: Tensor, transform: PrincipalIsometry, seed: int = 999
 ) -> Callable[[Tensor], Tensor]:
     """Affine least squares from the identity encoder's reading of a stored render to its ``z_anon``."""
     generator = torch.Generator().manual_seed(seed)
     targets, readings = [], []
-    for part in images.split(128):
-        z_anon = transform(model.identity_encoder(part), transform.draw(generator, len(part)))
-        stored = as_stored(model.render(z_anon, model.attribute_encoder(part)))
+    for z, a in zip(identities.split(128), attributes.split(128), strict=True):
+        z_anon = transform(z, transform.draw(generator, len(z)))
         targets.append(z_anon)
-        readings.append(model.identity_encoder(stored))
+        readings.append(model.identity_encoder(as_stored(model.render(z_anon, a))))
     reading = torch.cat(readings)
     design = torch.cat([reading, torch.ones(len(reading), 1)], 1)
     weights = torch.linalg.lstsq(design, torch.cat(targets)).solution
@@ -92,23 +98,23 @@ def fit_compensator(
 def score(
     model: IFADIT,
     judge: IdentityEncoder,
-    images: Tensor,
+    test: tuple[Tensor, Tensor, Tensor],
     transform: PrincipalIsometry,
     compensator: Callable[[Tensor], Tensor],
     key: Tensor,
     next_key: Tensor,
 ) -> dict[str, float]:
+    """``test``: the test faces' identities, attributes and judge embeddings."""
     sums: dict[str, float] = {}
-    for x in images.split(100):
-        n = len(x)
-        identity, attributes = model.identity_encoder(x), model.attribute_encoder(x)
+    for identity, attributes, j_x in zip(*(part.split(100) for part in test), strict=True):
+        n = len(identity)
         z_anon = transform(identity, key.expand(n, -1))
         stored = as_stored(model.render(z_anon, attributes))
         estimate = compensator(model.identity_encoder(stored))
         read_attributes = model.attribute_encoder(stored)
         recovered = transform(estimate, key.expand(n, -1))
         second = as_stored(model.render(transform(identity, next_key.expand(n, -1)), attributes))
-        j_x, j_anon = judge(x), judge(stored)
+        j_anon = judge(stored)
         values = {
             "anonymized": F.cosine_similarity(j_anon, j_x),
             "recovered": F.cosine_similarity(judge(model.render(recovered, read_attributes)), j_x),
@@ -121,7 +127,7 @@ def score(
         }
         for name, value in values.items():
             sums[name] = sums.get(name, 0.0) + value.sum().item()
-    return {name: total / len(images) for name, total in sums.items()}
+    return {name: total / len(test[0]) for name, total in sums.items()}
 
 
 def main() -> None:
@@ -146,8 +152,9 @@ def main() -> None:
             break
     fit_images = torch.cat(train)[: args.fit_images]
     test_images = torch.cat([batch["image"] for batch in datamodule.test_dataloader()])
+    identities, fit_attributes = encode(model, fit_images)
     with torch.no_grad():
-        identities = torch.cat([model.identity_encoder(part) for part in fit_images.split(256)])
+        test = (*encode(model, test_images), torch.cat([judge(x) for x in test_images.split(100)]))
 
     variance = PrincipalIsometry(identities, "none").variance
     share = (variance.cumsum(0) / variance.sum())[[0, 1, 3, 7, 15]].tolist()
@@ -167,10 +174,10 @@ def main() -> None:
     ]
     for family in ("none", "flips", "reflections"):
         transform = PrincipalIsometry(identities, family)
-        compensator = fit_compensator(model, fit_images, transform)
+        compensator = fit_compensator(model, identities, fit_attributes, transform)
         generator = torch.Generator().manual_seed(0)
         keys = transform.draw(generator, args.keys)
-        rows = [score(model, judge, test_images, transform, compensator, keys[i], keys[(i + 1) % len(keys)])
+        rows = [score(model, judge, test, transform, compensator, keys[i], keys[(i + 1) % len(keys)])
                 for i in range(len(keys) if family != "none" else 1)]
         cells = []
         for name in ("anonymized", "recovered", "wrong_key", "two_keys", "compensator", "after_inverse"):
