@@ -10,7 +10,9 @@ Phases (``phase``):
   recovery and wrong-key losses, everything else frozen;
 - ``joint``       — phase-1 and phase-2 losses, all trainable parts at once: the single-phase ablation, or,
   started from a phase-1 checkpoint, a phase 2 in which a generator trained here keeps learning (tried
-  for the quickstart, README "Training"; a pretrained generator stays frozen in ``flow``, as in the paper).
+  for the quickstart, README "Training"; a pretrained generator stays frozen in ``flow``, as in the paper);
+- ``compensator`` — after phase 2: the compensator alone, on the finished flow, reading stored anonymized
+  renders back (in phase 2 it chases a moving flow and sees each face once).
 
 Each phase loads what it needs from the previous phase's checkpoint (``init_from``). Loss weights are
 config; a weight of 0 switches the term off and skips its computation.
@@ -43,8 +45,8 @@ from ifadit.nets.timm_encoders import ArcFaceHead
 from ifadit.recognizers import EncoderRecognizer
 from ifadit.weights import WeightsError, load_checkpoint
 
-Phase = Literal["recognizer", "disentangle", "flow", "joint"]
-PHASES: tuple[str, ...] = ("recognizer", "disentangle", "flow", "joint")
+Phase = Literal["recognizer", "disentangle", "flow", "joint", "compensator"]
+PHASES: tuple[str, ...] = ("recognizer", "disentangle", "flow", "joint", "compensator")
 
 # Public, fixed validation keys: validation numbers stay comparable across epochs and runs. They are not
 # secrets (anyone can derive them from this source), and no user key is ever used in training or logged.
@@ -125,6 +127,11 @@ class LossWeights:
     latent_batch_diversity: float = 0.0
     latent_wrong_key: float = 0.0  # cos(F^-1(F(z, c), c'), z) below the margin
     latent_realism: float = 0.0  # F(z, c) lies among real identities (a queue of recent embeddings)
+    # phase "compensator": steps render their faces under fresh keys into a replay buffer of
+    # (E_id(stored x_anon), z_anon) pairs until it holds replay_size, and every step fits C on replay_batch
+    # pairs drawn from it, so each costly render serves many cheap steps (weight: ``latent_recovery``).
+    replay_size: int = 9600
+    replay_batch: int = 256
     # |F^-1(C(E_id(x_anon)), c) - z|^2, error after the inverse. Measured on the quickstart (with latent_norm
     # 1.0): latent recovery 0.42 -> 0.91, but the flow learns to ignore the key (two keys' faces 0.998 alike,
     # a wrong key recovers the face): pair it with stronger key losses, and check the suite's security rows.
@@ -215,6 +222,13 @@ class IFADITTask(L.LightningModule):
         self.phase = phase
         self.training_keys = training_keys
         self.losses = losses or LossWeights()
+        if self.losses.replay_size < 1 or self.losses.replay_batch < 1:
+            raise ValueError(
+                "losses.replay_size and replay_batch must be >= 1, "
+                f"got {self.losses.replay_size} and {self.losses.replay_batch}"
+            )
+        if phase == "compensator" and not self.losses.latent_recovery:
+            raise ValueError("phase 'compensator' fits losses.latent_recovery, which is 0: nothing trains")
         self.optim = optimizer or OptimizerConfig()
         self.hparams["losses"] = asdict(self.losses)
         self.hparams["optimizer"] = asdict(self.optim)
@@ -235,6 +249,8 @@ class IFADITTask(L.LightningModule):
             needed = {"attribute_encoder": attribute_encoder, "mapper": mapper, "generator": generator}
             if phase != "disentangle":
                 needed.update(flow=flow, key_scheme=key_scheme)
+            if phase == "compensator":
+                needed.update(compensator=compensator)
             missing = [name for name, part in needed.items() if part is None]
             if missing:
                 raise ValueError(f"phase {phase!r} needs the components: {', '.join(missing)}")
@@ -361,6 +377,8 @@ class IFADITTask(L.LightningModule):
         critic = [self.discriminator] if self.discriminator is not None else []
         if self.phase == "disentangle":
             return [m.attribute_encoder, m.mapper, *generator, *critic]
+        if self.phase == "compensator":
+            return [m.compensator]
         keyed = [p for p in (m.flow, m.compensator) if p is not None]
         if self.phase == "flow":
             return [*keyed, *critic]
@@ -421,7 +439,8 @@ class IFADITTask(L.LightningModule):
             return []
         if self.phase in ("disentangle", "joint"):
             return ["identity_encoder."]
-        return ["identity_encoder.", "attribute_encoder.", "mapper.", "generator."]
+        front = ["identity_encoder.", "attribute_encoder.", "mapper.", "generator."]
+        return [*front, "flow."] if self.phase == "compensator" else front
 
     def configure_optimizers(self) -> torch.optim.Optimizer | OptimizerLRSchedulerConfig:
         generator_params: set[int] = set()
@@ -672,6 +691,24 @@ class IFADITTask(L.LightningModule):
             terms["latent_realism"] = w.latent_realism * F.relu(w.realism_threshold - nearest).mean()
         return terms
 
+    def _replayed_compensator_loss(self, x: Tensor) -> Tensor:
+        """``|C(E_id(x_anon)) - z_anon|^2`` on a batch drawn from the replay buffer. Until the buffer holds
+        ``replay_size`` pairs each step adds its faces under fresh keys; then the steps only fit ``C``, which
+        costs milliseconds. Everything but ``C`` is frozen, so the pairs stay valid."""
+        m, w = self.model, self.losses
+        assert m is not None and m.compensator is not None
+        buffer = getattr(self, "_replay", None)  # not saved: a resumed fit refills it
+        if buffer is None or buffer.shape[0] < w.replay_size:
+            with torch.no_grad():
+                z_anon, _ = m.flow(m.identity_encoder(x), self._training_keys(x.shape[0], x.device))
+                stored = as_stored(m.render(z_anon, m.attribute_encoder(x)))
+                pair = torch.cat((m.identity_encoder(stored), z_anon), dim=1)
+            buffer = pair if buffer is None else torch.cat((buffer, pair))[: w.replay_size]
+            self._replay = buffer
+        drawn = buffer[torch.randint(0, buffer.shape[0], (w.replay_batch,), device=buffer.device)]
+        embedding, target = drawn.split(m.identity_encoder.embedding_dim, dim=1)
+        return F.mse_loss(m.compensator(embedding), target) * target.shape[1]
+
     def _remember_identities(self, z: Tensor) -> Tensor:
         """A first-in-first-out queue of real identity embeddings (this batch's included), not saved."""
         queue = getattr(self, "_identity_queue", None)
@@ -690,6 +727,8 @@ class IFADITTask(L.LightningModule):
             self.log("train/loss", loss, prog_bar=True)
             return loss
         terms: dict[str, Tensor] = {}
+        if self.phase == "compensator":
+            terms["latent_recovery"] = self.losses.latent_recovery * self._replayed_compensator_loss(x)
         encoded = None
         fakes: list[Tensor] | None = [] if self.discriminator is not None else None
         reference_is_render = self.losses.adversarial_reference == "reconstruction"

@@ -139,6 +139,46 @@ def _flow_task(**weights: float) -> IFADITTask:
     return IFADITTask(**_parts(), phase="flow", losses=_only(**weights))
 
 
+def _compensator_task(**losses) -> IFADITTask:
+    compensator = registry.create("mappers", "compensator", dim=32, hidden=[16])
+    return IFADITTask(**_parts(), compensator=compensator, phase="compensator", losses=LossWeights(**losses))
+
+
+def test_the_compensator_phase_fits_only_the_compensator_on_replayed_stored_renders():
+    task = _compensator_task(replay_size=6, replay_batch=5)
+    m = task.model
+    assert {n for n, p in task.named_parameters() if p.requires_grad} == {
+        f"model.compensator.{n}" for n, _ in m.compensator.named_parameters()
+    }
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    torch.manual_seed(3)
+    task.training_step({"image": x}, 0).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.compensator.parameters())
+    assert not any(p.grad is not None for name, p in task.named_parameters() if "compensator" not in name)
+    # the buffer holds (E_id(x_anon as stored), z_anon) under the step's fresh keys
+    torch.manual_seed(3)
+    with torch.no_grad():
+        z_anon, _ = m.flow(m.identity_encoder(x), task._training_keys(4, x.device))
+        read = m.identity_encoder(as_stored(m.render(z_anon, m.attribute_encoder(x))))
+    torch.testing.assert_close(task._replay, torch.cat((read, z_anon), dim=1))
+    # renders only until it is full (6 pairs), then the steps reuse them
+    task._replayed_compensator_loss(x)
+    full = task._replay.clone()
+    assert full.shape == (6, 64)
+    torch.testing.assert_close(full[:4], torch.cat((read, z_anon), dim=1))
+    loss = task._replayed_compensator_loss(torch.rand(4, 3, 32, 32))
+    assert torch.equal(task._replay, full) and loss.item() > 0
+
+
+def test_the_compensator_phase_checks_its_parts_and_settings():
+    with pytest.raises(ValueError, match="needs the components: compensator"):
+        IFADITTask(**_parts(), phase="compensator")
+    with pytest.raises(ValueError, match="replay_size and replay_batch must be >= 1"):
+        _compensator_task(replay_batch=0)
+    with pytest.raises(ValueError, match=r"fits losses\.latent_recovery, which is 0: nothing trains"):
+        _compensator_task(latent_recovery=0.0)
+
+
 def test_latent_terms_match_their_definitions_and_train_only_the_flow():
     task = _flow_task(latent_anonymity=1.0, latent_two_key=2.0, latent_realism=1.0)
     task.losses.margin = -1.0  # no clamp: every term is the plain mean cosine
