@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +42,45 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
+    if (args.check_config is None) != (args.check_ckpt is None):
+        raise ValueError("--check-config and --check-ckpt go together")
+    if Path(args.path).exists():  # before checking keys, which takes a while
+        raise KeyFileError(f"refusing to overwrite existing file {args.path}")
     if args.passphrase_file:
         salt = bytes.fromhex(args.salt) if args.salt else None
-        secret = SecretKey.from_passphrase(load_passphrase_file(args.passphrase_file), salt=salt)
+        passphrase = load_passphrase_file(args.passphrase_file)
+        draw = lambda: SecretKey.from_passphrase(passphrase, salt=salt)  # noqa: E731
     else:
-        secret = SecretKey.generate()
+        draw = SecretKey.generate
+    secret = _checked_key(args, draw) if args.check_ckpt else draw()
     path = secret.save(args.path)
     print(f"wrote {path} (mode 0600), fingerprint {secret.fingerprint}")
     return 0
+
+
+def _checked_key(args: argparse.Namespace, draw: Callable[[], SecretKey]) -> SecretKey:
+    """A key ``ifadit.keycheck`` accepts for the model, checked on the recipe's validation faces."""
+    import torch
+
+    from ifadit.keycheck import choose_key
+
+    if args.candidates < 1 or args.check_images < 1:
+        raise ValueError("--candidates and --check-images must be >= 1")
+    if args.passphrase_file and args.salt and args.candidates > 1:
+        raise ValueError("a passphrase with a fixed --salt gives one key: use --candidates 1")
+    task, datamodule = _build_task(args.check_config, args.check_ckpt, strict=True)
+    if task.model is None or not task.model.keyed:
+        raise ValueError(f"{args.check_ckpt} is not a flow-phase model: checking a key needs a trained flow")
+    datamodule.setup("validate")
+    images = torch.cat([batch["image"] for batch in datamodule.val_dataloader()])[: args.check_images]
+    choice = choose_key(task.model.eval(), images, args.candidates, args.max_anonymized, draw)
+    weak = sum(not c.passes(args.max_anonymized) for c in choice.candidates)
+    print(
+        f"checked {len(choice.candidates)} candidate keys on {len(images)} validation faces with the model's "
+        f"own identity encoder: {weak} weak (anonymized cosine > {args.max_anonymized}); kept the one that "
+        f"recovers best (anonymized {choice.check.anonymized:+.3f}, recovered {choice.check.recovered:+.3f})"
+    )
+    return choice.secret
 
 
 def _read_secret(args: argparse.Namespace) -> SecretKey:
@@ -219,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--passphrase-file", help="derive the key from the passphrase in this file (scrypt)")
     p.add_argument("--salt", help="hex salt for --passphrase-file (default: random, recorded in the file)")
+    p.add_argument("--check-config", help="with --check-ckpt: reject keys that are weak for this model "
+                   "(ifadit.keycheck), checked on its recipe's validation faces")
+    p.add_argument("--check-ckpt", help="the flow-phase checkpoint to check keys on")
+    p.add_argument("--candidates", type=int, default=8,
+                   help="keys to draw and check; the best one is written (default 8)")
+    p.add_argument("--max-anonymized", type=float, default=0.1,
+                   help="weak above this cosine between the original and anonymized faces (default 0.1)")
+    p.add_argument("--check-images", type=int, default=200, help="validation faces to check on (default 200)")
     p.set_defaults(func=_cmd_keygen)
 
     p = sub.add_parser("demo", help="the flow demo: anonymize and recover identity vectors with a key")

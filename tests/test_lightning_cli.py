@@ -39,7 +39,7 @@ DEMO_CONFIGS = {"recipes/quickstart/flow_demo.yaml"}
 # (class paths import, argument names and types check out) but not instantiated.
 PARSE_ONLY_PREFIXES = ("recipes/ffhq256/",)
 # Chained fits: phase -> the phase whose last checkpoint it starts from.
-CHAIN = {"recognizer": None, "disentangle": "recognizer", "flow": "disentangle"}
+CHAIN = {"recognizer": None, "disentangle": "recognizer", "flow": "disentangle", "compensator": "flow"}
 TRAIN_STEPS = 2  # trainer.max_steps in tests/conf
 
 
@@ -192,8 +192,9 @@ class ChainRun:
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory, synth_root: str) -> ChainRun:
-    """``ifadit keygen``, then recognizer -> disentangle -> flow fits and a joint fast_dev_run, each
-    starting from the previous phase's last checkpoint, then ``ifadit demo`` with the user's key."""
+    """``ifadit keygen``, then recognizer -> disentangle -> flow -> compensator fits and a joint
+    fast_dev_run, each starting from the previous phase's last checkpoint, then ``ifadit demo`` with the
+    user's key."""
     work = tmp_path_factory.mktemp("chain")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
@@ -260,6 +261,12 @@ def test_init_from_loads_the_previous_phase_and_frozen_parts_stay_put(chain: Cha
     frozen = [k for k in disentangle if k.startswith(("model.identity_encoder.", "model.attribute_encoder.",
                                                       "model.mapper.", "model.generator."))]
     _assert_loaded_and_kept(disentangle, flow, _fresh_state("flow"), frozen)
+    # flow -> compensator: everything but the compensator, which trains
+    compensator = _checkpoint(_run_checkpoint_dir(chain.work, "compensator") / "last.ckpt")["state_dict"]
+    kept = [k for k in flow if not k.startswith("model.compensator.")]
+    _assert_loaded_and_kept(flow, compensator, _fresh_state("compensator"), kept)
+    trained = [k for k in flow if k.startswith("model.compensator.")]
+    assert trained and any(not torch.equal(flow[k], compensator[k]) for k in trained)
 
 
 def test_validate_reads_a_checkpoint(
@@ -300,6 +307,44 @@ def test_score_judges_a_flow_checkpoint_with_another_recognizer(chain: ChainRun,
             assert -1.0 <= value <= 1.0, name
     assert (out / "grid.png").stat().st_size > 0
     assert "judge cos(original, recovered)" in capsys.readouterr().out
+
+
+def test_keygen_checks_candidate_keys_on_the_trained_model(
+    chain: ChainRun, synth_root: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``keygen --check-ckpt``: candidates are tried on the recipe's validation faces, the one written is a
+    real key file, and neither its secret nor a rejected one's reaches the output."""
+    drawn: list[SecretKey] = []
+    real_generate = SecretKey.generate
+
+    def recorded() -> SecretKey:
+        drawn.append(real_generate())
+        return drawn[-1]
+
+    compensator = _run_checkpoint_dir(chain.work, "compensator") / "last.ckpt"
+    args = ["keygen", str(tmp_path / "checked.key"), "--check-config", str(CONF / "compensator.yaml"),
+            "--check-ckpt", str(compensator), "--candidates", "3", "--max-anonymized", "1",
+            "--check-images", "4"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)  # the recipe's data root is relative: its tiny SynthFaces render here
+        mp.setattr(SecretKey, "generate", staticmethod(recorded))
+        assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "checked 3 candidate keys on 4 validation faces" in out and "0 weak" in out
+    written = SecretKey.load(tmp_path / "checked.key")
+    assert len(drawn) == 3 and written.fingerprint in {s.fingerprint for s in drawn}
+    for secret in drawn:
+        material = secret._SecretKey__material  # the raw bytes, only to search for them
+        for needle in (material.hex(), base64.b64encode(material).decode()):
+            assert needle not in out
+    # every candidate weak: a one-line error, and no key file
+    weak = [*args[:1], str(tmp_path / "weak.key"), *args[2:-3], "-1", "--check-images", "4"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        assert cli.main(weak) == 2
+    err = capsys.readouterr().err.strip()
+    assert "all 3 candidate keys are weak for this model" in err and "\n" not in err
+    assert not (tmp_path / "weak.key").exists()
 
 
 def test_a_subspace_flow_trains_and_its_checkpoint_rebuilds_the_model(
