@@ -64,8 +64,8 @@ def _shown(path: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "recipes/quickstart/flow.yaml"))
-    parser.add_argument("--ckpt", default=str(CKPT / "quickstart-flow/last.ckpt"))
+    parser.add_argument("--config", default=str(ROOT / "recipes/quickstart/compensator.yaml"))
+    parser.add_argument("--ckpt", default=str(CKPT / "quickstart-compensator/last.ckpt"))
     parser.add_argument("--judge", nargs=2, action="append", metavar=("CONFIG", "CKPT"),
                         help="a recognizer recipe and checkpoint, repeatable (default: the quickstart judge)")
     parser.add_argument("--threads", type=int, default=1)

@@ -103,8 +103,8 @@ def _meets(name: str, value: float) -> bool:
 
 def add_model_and_judge_arguments(parser: argparse.ArgumentParser) -> None:
     """A trained model and the judge scoring it; the defaults are the quickstart's checkpoints."""
-    parser.add_argument("--config", default=str(ROOT / "recipes/quickstart/flow.yaml"))
-    parser.add_argument("--ckpt", default=str(CKPT / "quickstart-flow/last.ckpt"))
+    parser.add_argument("--config", default=str(ROOT / "recipes/quickstart/compensator.yaml"))
+    parser.add_argument("--ckpt", default=str(CKPT / "quickstart-compensator/last.ckpt"))
     parser.add_argument("--judge-config", default=str(ROOT / "recipes/quickstart/judge.yaml"))
     parser.add_argument("--judge-ckpt", default=str(CKPT / "quickstart-judge/last.ckpt"))
 

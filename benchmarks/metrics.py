@@ -88,8 +88,8 @@ def build(args: argparse.Namespace) -> tuple[object, object, Recognizer, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(ROOT / "recipes/quickstart/flow.yaml"))
-    parser.add_argument("--ckpt", default=str(CKPT / "quickstart-flow/last.ckpt"))
+    parser.add_argument("--config", default=str(ROOT / "recipes/quickstart/compensator.yaml"))
+    parser.add_argument("--ckpt", default=str(CKPT / "quickstart-compensator/last.ckpt"))
     parser.add_argument("--judge-config", default=str(ROOT / "recipes/quickstart/judge.yaml"))
     parser.add_argument("--judge-ckpt", default=str(CKPT / "quickstart-judge/last.ckpt"))
     parser.add_argument("--images", type=int, default=256)

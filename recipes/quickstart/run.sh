@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The quickstart chain on SynthFaces 64 px, CPU: two recognizers (in parallel: the identity encoder on two
-# threads, the shorter judge on one, sharing the two cores), phase 1, phase 2,
-# then a fresh key anonymizes and recovers the held-out test identities, scored by the independent judge.
+# threads, the shorter judge on one, sharing the two cores), phase 1, phase 2, the compensator on the
+# finished flow, then a fresh key (checked on validation faces: ifadit.keycheck) anonymizes and recovers the
+# held-out test identities, scored by the independent judge.
 set -euo pipefail  # pipefail: a failed fit fails the chain even through tee
 IFADIT=${IFADIT:-.venv/bin/ifadit}
 OUT=${OUT:-outputs/quickstart}
@@ -11,24 +12,28 @@ start=$(date +%s)
 rm -rf "$CKPT"/quickstart-* "$OUT"   # each run chains from its own checkpoints, never from an older run's
 mkdir -p "$OUT"
 
-echo "== 1/4 identity encoder and judge (two recognizers, trained apart; the judge on one thread) =="
+echo "== 1/5 identity encoder and judge (two recognizers, trained apart; the judge on one thread) =="
 OMP_NUM_THREADS=2 "$IFADIT" fit --config recipes/quickstart/recognizer.yaml > "$OUT/recognizer.log" 2>&1 & rec=$!
 OMP_NUM_THREADS=1 "$IFADIT" fit --config recipes/quickstart/judge.yaml > "$OUT/judge.log" 2>&1 & judge=$!
 wait $rec || { tail -n 20 "$OUT/recognizer.log"; exit 1; }
 wait $judge || { tail -n 20 "$OUT/judge.log"; exit 1; }
-echo "== 2/4 phase 1: attribute encoder, mapper, generator =="
+echo "== 2/5 phase 1: attribute encoder, mapper, generator =="
 "$IFADIT" fit --config recipes/quickstart/disentangle.yaml 2>&1 | tee "$OUT/disentangle.log"
 test -f "$CKPT/quickstart-disentangle/last.ckpt"
-echo "== 3/4 phase 2: keyed flow and compensator =="
+echo "== 3/5 phase 2: keyed flow and compensator =="
 "$IFADIT" fit --config recipes/quickstart/flow.yaml 2>&1 | tee "$OUT/flow.log"
 test -f "$CKPT/quickstart-flow/last.ckpt"
-echo "== 4/4 a fresh key: anonymize and recover the held-out test identities =="
-"$IFADIT" keygen "$OUT/quickstart.key"
-"$IFADIT" score --config recipes/quickstart/flow.yaml --ckpt "$CKPT/quickstart-flow/last.ckpt" \
+echo "== 4/5 the compensator alone, on the finished flow =="
+"$IFADIT" fit --config recipes/quickstart/compensator.yaml 2>&1 | tee "$OUT/compensator.log"
+MODEL="$CKPT/quickstart-compensator/last.ckpt"
+test -f "$MODEL"
+echo "== 5/5 a fresh key, checked on validation faces: anonymize and recover the held-out test identities =="
+"$IFADIT" keygen "$OUT/quickstart.key" --check-config recipes/quickstart/compensator.yaml --check-ckpt "$MODEL"
+"$IFADIT" score --config recipes/quickstart/compensator.yaml --ckpt "$MODEL" \
   --judge-config recipes/quickstart/judge.yaml --judge-ckpt "$CKPT/quickstart-judge/last.ckpt" \
   --key "$OUT/quickstart.key" --out "$OUT"
 echo "quickstart chain: $(( $(date +%s) - start )) s wall"
 echo "every metric of the suite (re-identification, security, diversity, utility):"
-echo "  $IFADIT evaluate --config recipes/quickstart/flow.yaml --ckpt $CKPT/quickstart-flow/last.ckpt \\"
+echo "  $IFADIT evaluate --config recipes/quickstart/compensator.yaml --ckpt $MODEL \\"
 echo "    --recognizer $CKPT/quickstart-judge/last.ckpt:config=recipes/quickstart/judge.yaml --key $OUT/quickstart.key"
 echo "MLflow UI on the runs: .venv/bin/mlflow ui --backend-store-uri ${MLFLOW_TRACKING_URI}"
