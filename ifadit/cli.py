@@ -64,21 +64,24 @@ def _checked_key(args: argparse.Namespace, draw: Callable[[], SecretKey]) -> Sec
 
     from ifadit.keycheck import choose_key
 
-    if args.candidates < 1 or args.check_images < 1:
-        raise ValueError("--candidates and --check-images must be >= 1")
-    if args.passphrase_file and args.salt and args.candidates > 1:
-        raise ValueError("a passphrase with a fixed --salt gives one key: use --candidates 1")
+    if args.candidates < 1 or args.max_draws < args.candidates or args.check_images < 1:
+        raise ValueError("need 1 <= --candidates <= --max-draws and --check-images >= 1")
+    if args.passphrase_file and args.salt and (args.candidates, args.max_draws) != (1, 1):
+        raise ValueError("a passphrase with a fixed --salt gives one key: use --candidates 1 --max-draws 1")
     task, datamodule = _build_task(args.check_config, args.check_ckpt, strict=True)
     if task.model is None or not task.model.keyed:
         raise ValueError(f"{args.check_ckpt} is not a flow-phase model: checking a key needs a trained flow")
     datamodule.setup("validate")
     images = torch.cat([batch["image"] for batch in datamodule.val_dataloader()])[: args.check_images]
-    choice = choose_key(task.model.eval(), images, args.candidates, args.max_anonymized, draw)
-    weak = sum(not c.passes(args.max_anonymized) for c in choice.candidates)
+    choice = choose_key(
+        task.model.eval(), images, args.candidates, args.max_anonymized, draw, args.max_draws
+    )
+    weak = sum(c.recovered is None for c in choice.candidates)
     print(
-        f"checked {len(choice.candidates)} candidate keys on {len(images)} validation faces with the model's "
-        f"own identity encoder: {weak} weak (anonymized cosine > {args.max_anonymized}); kept the one that "
-        f"recovers best (anonymized {choice.check.anonymized:+.3f}, recovered {choice.check.recovered:+.3f})"
+        f"drew {len(choice.candidates)} keys, checked on {len(images)} validation faces with the model's own "
+        f"identity encoder: {weak} weak (anonymized cosine > {args.max_anonymized}); kept the best "
+        f"recovering of {args.candidates} that anonymize (anonymized {choice.check.anonymized:+.3f}, "
+        f"recovered {choice.check.recovered:+.3f})"
     )
     return choice.secret
 
@@ -253,8 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-config", help="with --check-ckpt: reject keys that are weak for this model "
                    "(ifadit.keycheck), checked on its recipe's validation faces")
     p.add_argument("--check-ckpt", help="the flow-phase checkpoint to check keys on")
-    p.add_argument("--candidates", type=int, default=8,
-                   help="keys to draw and check; the best one is written (default 8)")
+    p.add_argument("--candidates", type=int, default=4,
+                   help="draw keys until this many anonymize; the best recovering one is written (default 4)")
+    p.add_argument("--max-draws", type=int, default=32,
+                   help="give up after drawing this many keys (default 32)")
     p.add_argument("--max-anonymized", type=float, default=0.1,
                    help="weak above this cosine between the original and anonymized faces (default 0.1)")
     p.add_argument("--check-images", type=int, default=200, help="validation faces to check on (default 200)")

@@ -50,26 +50,32 @@ def test_a_check_reads_the_anonymized_and_the_recovered_face_back_with_the_model
     assert check.recovered == pytest.approx(expected_rec, abs=1e-5)
 
 
-def test_the_best_recovering_candidate_among_those_that_anonymize_is_kept(model, faces):
-    keys = _keys(4)
+def test_keys_are_drawn_until_enough_anonymize_and_the_best_recovering_of_those_is_kept(model, faces):
+    keys = _keys(6)
     checks = [check_key(model, faces, k) for k in keys]
-    threshold = sorted(c.anonymized for c in checks)[1]  # two of four candidates pass
+    threshold = sorted(c.anonymized for c in checks)[2]  # three of six pass
     passing = [i for i, c in enumerate(checks) if c.anonymized <= threshold]
-    best = max(passing, key=lambda i: checks[i].recovered)
+    first_two = passing[:2]  # candidates=2: drawing stops at the second key that passes
+    best = max(first_two, key=lambda i: checks[i].recovered)
     drawn = iter(keys)
-    choice = choose_key(model, faces, candidates=4, max_anonymized=threshold, draw=lambda: next(drawn))
+    choice = choose_key(model, faces, candidates=2, max_anonymized=threshold, draw=lambda: next(drawn))
     assert choice.secret == keys[best] and choice.check == checks[best]
-    assert list(choice.candidates) == checks
-    # a lower bar than any candidate reaches: all weak, one line that names no key
+    assert len(choice.candidates) == first_two[1] + 1
+    for i, check in enumerate(choice.candidates):  # weak keys are not recovered
+        assert check.anonymized == pytest.approx(checks[i].anonymized, abs=1e-6)
+        assert check.recovered == (checks[i].recovered if i in passing else None)
+    # too few keys pass within max_draws: one line that names no key
     drawn = iter(keys)
-    with pytest.raises(ValueError, match="all 4 candidate keys are weak") as error:
-        choose_key(model, faces, 4, min(c.anonymized for c in checks) - 0.01, draw=lambda: next(drawn))
+    with pytest.raises(ValueError, match="only 3 of 6 drawn keys anonymize") as error:
+        choose_key(model, faces, 4, threshold, draw=lambda: next(drawn), max_draws=6)
     assert "\n" not in str(error.value) and not any(k.fingerprint in str(error.value) for k in keys)
 
 
 def test_bad_requests_are_refused(model, faces):
-    with pytest.raises(ValueError, match="candidates must be >= 1"):
+    with pytest.raises(ValueError, match="need 1 <= candidates <= max_draws"):
         choose_key(model, faces, candidates=0)
+    with pytest.raises(ValueError, match="need 1 <= candidates <= max_draws"):
+        choose_key(model, faces, candidates=5, max_draws=4)
     with pytest.raises(ValueError, match="a cosine in"):
         choose_key(model, faces, max_anonymized=2.0)
     with pytest.raises(ValueError, match="non-empty batch of images"):

@@ -330,20 +330,21 @@ def test_keygen_checks_candidate_keys_on_the_trained_model(
         mp.setattr(SecretKey, "generate", staticmethod(recorded))
         assert cli.main(args) == 0
     out = capsys.readouterr().out
-    assert "checked 3 candidate keys on 4 validation faces" in out and "0 weak" in out
+    assert "drew 3 keys, checked on 4 validation faces" in out and "0 weak" in out
     written = SecretKey.load(tmp_path / "checked.key")
     assert len(drawn) == 3 and written.fingerprint in {s.fingerprint for s in drawn}
     for secret in drawn:
         material = secret._SecretKey__material  # the raw bytes, only to search for them
         for needle in (material.hex(), base64.b64encode(material).decode()):
             assert needle not in out
-    # every candidate weak: a one-line error, and no key file
-    weak = [*args[:1], str(tmp_path / "weak.key"), *args[2:-3], "-1", "--check-images", "4"]
+    # every drawn key weak: a one-line error, and no key file
+    weak = [*args[:1], str(tmp_path / "weak.key"), *args[2:-3], "-1", "--check-images", "4",
+            "--max-draws", "4"]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path)
         assert cli.main(weak) == 2
     err = capsys.readouterr().err.strip()
-    assert "all 3 candidate keys are weak for this model" in err and "\n" not in err
+    assert "only 0 of 4 drawn keys anonymize" in err and "\n" not in err
     assert not (tmp_path / "weak.key").exists()
 
 
