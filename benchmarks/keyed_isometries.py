@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ifadit.anonymizer import IFADIT
 from ifadit.cli import _build_task
+from ifadit.keycheck import encode
 from ifadit.nets import IdentityEncoder
 from ifadit.nets.image import as_stored
 
@@ -68,13 +69,6 @@ class PrincipalIsometry:
             c, s = torch.cos(2 * key), torch.sin(2 * key)
             coords = torch.stack([c * u + s * v, s * u - c * v], dim=-1).flatten(1)
         return self.mean + coords @ self.basis.T
-
-
-@torch.no_grad()
-def encode(model: IFADIT, images: Tensor, batch: int = 128) -> tuple[Tensor, Tensor]:
-    """Identities and attributes of ``images``, once: every key and every family reuses them."""
-    parts = [(model.identity_encoder(x), model.attribute_encoder(x)) for x in images.split(batch)]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 @torch.no_grad()
@@ -152,9 +146,9 @@ def main() -> None:
             break
     fit_images = torch.cat(train)[: args.fit_images]
     test_images = torch.cat([batch["image"] for batch in datamodule.test_dataloader()])
-    identities, fit_attributes = encode(model, fit_images)
+    identities, fit_attributes = encode(model, fit_images, 128)
     with torch.no_grad():
-        test = (*encode(model, test_images), torch.cat([judge(x) for x in test_images.split(100)]))
+        test = (*encode(model, test_images, 128), torch.cat([judge(x) for x in test_images.split(100)]))
 
     variance = PrincipalIsometry(identities, "none").variance
     share = (variance.cumsum(0) / variance.sum())[[0, 1, 3, 7, 15]].tolist()

@@ -72,7 +72,13 @@ def _checked_key(args: argparse.Namespace, draw: Callable[[], SecretKey]) -> Sec
     if task.model is None or not task.model.keyed:
         raise ValueError(f"{args.check_ckpt} is not a flow-phase model: checking a key needs a trained flow")
     datamodule.setup("validate")
-    images = torch.cat([batch["image"] for batch in datamodule.val_dataloader()])[: args.check_images]
+    batches, count = [], 0
+    for batch in datamodule.val_dataloader():  # only as many faces as the check uses
+        batches.append(batch["image"])
+        count += len(batch["image"])
+        if count >= args.check_images:
+            break
+    images = torch.cat(batches)[: args.check_images]
     choice = choose_key(
         task.model.eval(), images, args.candidates, args.max_anonymized, draw, args.max_draws
     )

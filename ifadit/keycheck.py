@@ -52,7 +52,7 @@ class KeyChoice:
 
 @torch.no_grad()
 def encode(model: IFADIT, images: Tensor, batch_size: int = 100) -> Encoded:
-    """Identities and attributes of the check faces: they do not depend on the key."""
+    """Identities and attributes of ``images``, in batches: computed once, they serve every key checked."""
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"expected a non-empty batch of images (N, 3, H, W), got {tuple(images.shape)}")
     parts = [(model.identity_encoder(x), model.attribute_encoder(x)) for x in images.split(batch_size)]
@@ -75,17 +75,17 @@ def check_key(
     if not model.keyed:
         raise ValueError("checking a key needs a model with a trained flow")
     identities, attributes = encoded if encoded is not None else encode(model, images, batch_size)
-    anonymized = []
+    chunks = []  # (z, cond, anonymized face, its cosine to z) per chunk
     for z, a in zip(identities.split(batch_size), attributes.split(batch_size), strict=True):
-        z_anon, _ = model.flow(z, model.key_scheme(secret, batch_size=z.shape[0]).to(z.device))
+        cond = model.key_scheme(secret, batch_size=z.shape[0]).to(z.device)
+        z_anon, _ = model.flow(z, cond)
         anon = model.render(z_anon, a)  # what IFADIT.anonymize renders, without encoding the faces again
-        anonymized.append((F.cosine_similarity(model.identity_encoder(anon), z), anon))
-    check = KeyCheck(torch.cat([cos for cos, _ in anonymized]).mean().item(), None)
+        chunks.append((z, cond, anon, F.cosine_similarity(model.identity_encoder(anon), z)))
+    check = KeyCheck(torch.cat([cos for *_, cos in chunks]).mean().item(), None)
     if max_anonymized is not None and not check.passes(max_anonymized):
         return check
     recovered = []
-    for z, (_, anon) in zip(identities.split(batch_size), anonymized, strict=True):
-        cond = model.key_scheme(secret, batch_size=z.shape[0]).to(z.device)
+    for z, cond, anon, _ in chunks:
         rec = model.recover(as_stored(anon), cond)  # from the 8-bit file, as a user recovers
         recovered.append(F.cosine_similarity(model.identity_encoder(rec.image), z))
     return KeyCheck(check.anonymized, torch.cat(recovered).mean().item())
