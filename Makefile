@@ -6,7 +6,7 @@ PLUGINS := $(wildcard plugins/*/pyproject.toml)
 STAMP := $(VENV)/.ifadit-installed
 OUT := outputs/quickstart
 
-.PHONY: quickstart demo test bench-flows clean
+.PHONY: quickstart demo test docs bench-flows clean
 
 $(STAMP): pyproject.toml $(PLUGINS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,9 +25,14 @@ demo: $(STAMP)
 	$(VENV)/bin/ifadit keygen outputs/demo/demo.key
 	$(VENV)/bin/ifadit demo --config recipes/quickstart/flow_demo.yaml --key outputs/demo/demo.key --out outputs/demo
 
+# pytest includes tests/test_docs.py: a strict build of the docs site (a broken link fails the tests).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# The docs site (mkdocs.yml, docs/) into outputs/site/; `$(VENV)/bin/mkdocs serve` previews it.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d outputs/site
 
 bench-flows: $(STAMP)
 	$(PY) benchmarks/flows.py
