@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from ifadit.losses import anonymity_loss, batch_diversity_loss, identity_loss
+from ifadit.training.losses import anonymity_loss, batch_diversity_loss, identity_loss
 
 
 def test_identity_and_anonymity_losses_by_hand():

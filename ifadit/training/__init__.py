@@ -1,0 +1,37 @@
+"""Each phase's step and its losses as plain functions and classes; :class:`ifadit.task.IFADITTask`
+dispatches to them. Nothing here imports Lightning."""
+
+from ifadit.training.adversarial import Adversary
+from ifadit.training.checkpoint import load_components
+from ifadit.training.compensator import ReplayBuffer
+from ifadit.training.disentangle import reconstruction_terms
+from ifadit.training.flow import flow_terms, training_keys
+from ifadit.training.losses import (
+    Encoded,
+    LossWeights,
+    OptimizerConfig,
+    anonymity_loss,
+    batch_diversity_loss,
+    identity_loss,
+)
+from ifadit.training.recognizer import recognizer_loss, verification_metrics
+from ifadit.training.validation import encoding_each_image_once, keyed_summary
+
+__all__ = [
+    "Adversary",
+    "Encoded",
+    "LossWeights",
+    "OptimizerConfig",
+    "ReplayBuffer",
+    "anonymity_loss",
+    "batch_diversity_loss",
+    "encoding_each_image_once",
+    "flow_terms",
+    "identity_loss",
+    "keyed_summary",
+    "load_components",
+    "recognizer_loss",
+    "reconstruction_terms",
+    "training_keys",
+    "verification_metrics",
+]
