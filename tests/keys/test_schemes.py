@@ -10,6 +10,7 @@ import torch
 
 from ifadit import registry
 from ifadit.keys import BitsKeyScheme, KeyScheme, MappingKeyScheme, SecretKey
+from ifadit.testing import KEY_SCHEME_CHECKS, KeySchemeContract, check_key_scheme
 
 FIXED = SecretKey(bytes(range(32)))
 # Pinned answers for the fixed key: the construction is versioned; changing it must fail this test.
@@ -71,29 +72,33 @@ def test_mapping_raw_range_and_bits_values():
     assert abs(bits.mean().item()) < 0.1
 
 
-@pytest.mark.parametrize("name", ["mapping", "bits"])
-def test_schemes_are_key_sensitive_and_broadcast(name):
-    scheme: KeyScheme = registry.create("key_schemes", name, dim=512)
-    a, b = SecretKey.generate(), SecretKey.generate()
-    ca = scheme(a, batch_size=5)
-    assert ca.shape == (5, 512) and torch.equal(ca[0], ca[4])
-    assert not torch.allclose(scheme(a), scheme(b))
-    assert not torch.allclose(scheme(a), scheme(a.with_bit_flipped(0)))
-    per_sample = scheme([a, b, a])
-    assert torch.equal(per_sample[0], per_sample[2]) and not torch.equal(per_sample[0], per_sample[1])
-    with pytest.raises(ValueError, match="2 secrets for a batch of 3"):
-        scheme([a, b], batch_size=3)
-    with pytest.raises(TypeError):
-        scheme("not a key")
+SCHEME_NAMES = sorted(registry.available("key_schemes"))
 
 
-def test_training_samples_fresh_keys_through_the_same_path():
-    scheme = MappingKeyScheme(512)
-    conds = scheme.sample(32)
-    assert conds.shape == (32, 512)
-    cos = torch.nn.functional.cosine_similarity(conds[:, None], conds[None], dim=-1)
-    off_diagonal = cos[~torch.eye(32, dtype=torch.bool)]
-    assert off_diagonal.abs().mean() < 0.1  # keys give nearly orthogonal conditions
+@pytest.mark.parametrize("check", list(KEY_SCHEME_CHECKS))
+@pytest.mark.parametrize("name", SCHEME_NAMES)
+def test_key_scheme_contract(name: str, check: str) -> None:
+    """Determinism for a secret, key sensitivity down to one bit, broadcasting and per-sample batches,
+    clear errors, and seeded fresh keys that spread apart (``ifadit.testing``'s key-scheme contract)."""
+    KEY_SCHEME_CHECKS[check](name, KeySchemeContract(dim=512))
+
+
+def test_contract_on_a_built_scheme_skips_only_what_needs_a_rebuild() -> None:
+    report = check_key_scheme(BitsKeyScheme(64))
+    assert set(report.skipped) == {"expansion_is_deterministic", "condition_is_reproducible"}
+    assert report.passed == ("key_sensitivity", "batch_expansion", "sample")
+
+
+class _RandomScheme(KeyScheme):
+    """A broken scheme: it expands through numpy's global RNG instead of the secret."""
+
+    def expand(self, secret: SecretKey) -> np.ndarray:
+        return np.random.default_rng().standard_normal(self.dim).astype(np.float32)
+
+
+def test_a_scheme_that_ignores_the_secret_fails_the_contract() -> None:
+    with pytest.raises(AssertionError, match="_RandomScheme: expand gives another vector"):
+        check_key_scheme(_RandomScheme, KeySchemeContract(dim=16))
 
 
 def test_generator_mapping_network_can_replace_the_own_mlp():
@@ -105,14 +110,3 @@ def test_generator_mapping_network_can_replace_the_own_mlp():
         scheme(FIXED), mapping(raw)
     )  # raw [0.5, 1) vector, as the official code feeds it
     assert "mapping.weight" not in "".join(scheme.state_dict())  # not saved twice
-
-
-@pytest.mark.parametrize("name", ["mapping", "bits"])
-def test_training_keys_follow_the_torch_seed(name: str) -> None:
-    scheme = registry.create("key_schemes", name, dim=16)
-    torch.manual_seed(5)
-    first = scheme.sample(4)
-    torch.manual_seed(5)
-    again = scheme.sample(4)
-    torch.testing.assert_close(first, again)  # a seeded training run repeats
-    assert not torch.allclose(first[0], first[1])  # still one fresh key per sample

@@ -26,6 +26,7 @@ from ifadit.recognizers import (
     recognizer_label,
 )
 from ifadit.recognizers.builtin import ARCFACE_COSINE_THRESHOLD, SynthFacesRecognizer
+from ifadit.testing import RECOGNIZER_CHECKS, RecognizerContract, check_recognizer
 from ifadit.weights import WeightsError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -199,3 +200,45 @@ def test_embeddings_are_unit_vectors_for_cosine_rules(recognizer_checkpoint) -> 
     out = judge(torch.rand(3, 3, 32, 32) * 2 - 1).embeddings
     torch.testing.assert_close(out.norm(dim=1), torch.ones(3))
     assert F.cosine_similarity(out[:1], out[:1]).item() == pytest.approx(1.0)
+
+
+def test_synthfaces_recognizer_keeps_the_contract(recognizer_checkpoint) -> None:
+    path, _ = recognizer_checkpoint
+    report = check_recognizer(SynthFacesRecognizer(path, config=CONF / "recognizer.yaml", threshold=0.5))
+    assert report.passed == tuple(RECOGNIZER_CHECKS) and not report.skipped
+
+
+def _pretrained_builtin(name: str) -> Recognizer:
+    """The pretrained built-ins with random weights (no download, no weights needed): the contract is
+    about shapes, rules and behaviour, not about the weights' quality."""
+    with pytest.warns(UserWarning, match="(?i)random"):
+        return registry.create("recognizers", name, allow_random_init=True, threshold=0.4)
+
+
+@pytest.mark.parametrize("name", ["arcface_irse50", "facenet_vggface2", "facenet_casia"])
+def test_pretrained_builtins_keep_the_contract(name: str, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("IFADIT_WEIGHTS", str(tmp_path))
+    judge = _pretrained_builtin(name)
+    report = check_recognizer(judge, contract=RecognizerContract(batch=2))
+    assert report.passed == tuple(RECOGNIZER_CHECKS) and not report.skipped
+
+
+def test_an_encoder_recognizer_without_threshold_keeps_the_contract() -> None:
+    encoder = registry.create("identity_encoders", "timm", backbone="resnet10t", embedding_dim=16, in_size=32)
+    report = check_recognizer(EncoderRecognizer(encoder, input_size=32))
+    assert "verification" in report.skipped and "declarations" in report.passed
+
+
+class _BatchDependentRecognizer(PixelRecognizer):
+    """A broken judge: it centres embeddings on the batch mean, so a face's score depends on its company."""
+
+    def recognize(self, images: Tensor) -> Recognition:
+        flat = images.flatten(1)
+        return Recognition(flat - flat.mean(dim=0), torch.ones(images.shape[0], dtype=torch.bool))
+
+
+def test_the_contract_catches_a_batch_dependent_judge() -> None:
+    report = check_recognizer(PixelRecognizer(), include=("declarations", "embeddings", "deterministic"))
+    assert report.passed == ("declarations", "embeddings", "deterministic")
+    with pytest.raises(AssertionError, match="_BatchDependentRecognizer: image 0 alone embeds"):
+        check_recognizer(_BatchDependentRecognizer(), include=("deterministic",))
