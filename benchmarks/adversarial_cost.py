@@ -2,8 +2,9 @@
 
 Each row is the recipe's phase 1 (``recipes/quickstart/disentangle.yaml``: its components, losses, batch 8 at
 64 px with swap targets, bf16 autocast, fused Adam) with ``losses.adversarial`` and a ``stylegan2``
-discriminator of the given widths (``r1: 0.1`` every 16 steps, as in the README's runs), timed interleaved
-with the others step by step, so machine load hits them alike. Random images stand in for SynthFaces: the
+discriminator of the given widths (``r1: 0.1`` every 16 steps, as in the adversarial rows of
+docs/research.md, "Phase 1 (disentangle)": a small critic cost 0.65x speed), timed interleaved with the others
+step by step, so machine load hits them alike. Random images stand in for SynthFaces: the
 cost of a step does not depend on what the pixels show.
 
 Run: ``python benchmarks/adversarial_cost.py [--threads 2] [--reps 32]``.

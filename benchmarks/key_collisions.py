@@ -1,4 +1,4 @@
-"""Where a trained model loses recovery, and how often its keys collide (README, "Training", seventh session).
+"""Where a trained model loses recovery, and how often its keys collide.
 
 For each user key: the judge's cosines on the test faces (original vs anonymized, recovered, recovered with
 the *next* key in the list, and the next key's anonymization), and where recovery loses the identity — the
@@ -14,7 +14,8 @@ Then ``--random-keys`` fresh keys on 32 test faces: the pairwise cosines of the 
 (the same face), whose high tail is the key collisions.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/key_collisions.py --keys a.key b.key c.key`` (defaults: the
-quickstart checkpoints and judge). Prints a table and writes ``--out`` (JSON) when given.
+quickstart checkpoints and judge). Prints a table and writes ``--out`` (JSON) when given. Results on the
+quickstart checkpoints: docs/research.md, "Where recovery loses the identity" and the tables after it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from ifadit.nets.image import as_stored
 
 ROOT = Path(__file__).resolve().parents[1]
 CKPT = ROOT / "outputs/checkpoints/ifadit"
-GOALS = {  # issue 4's goals on the judge's cosines
+GOALS = {  # the quickstart's four goals on the judge's cosines (docs/research.md, "How things were measured")
     "anonymized": ("<=", 0.3),
     "recovered": (">=", 0.8),
     "wrong_key": ("<=", 0.3),

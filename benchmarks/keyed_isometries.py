@@ -1,10 +1,11 @@
 """How far recovery gets when the key transform stretches no error, and what that costs in key diversity.
 
-A trained flow's inverse magnifies the error of the identity read back from the anonymized face (README,
-"Training": after the compensator the estimate is at cosine 0.80-0.87 to the flow output, after the inverse
-0.40-0.73 to the original). Here the flow is replaced by keyed maps that cannot magnify it: isometries of the
-centred principal coordinates of real identities that also keep their distribution, so the anonymized identity
-is one the generator was trained to render:
+A trained flow's inverse magnifies the error of the identity read back from the anonymized face (quickstart
+checkpoints: after the compensator the estimate is at cosine 0.80-0.87 to the flow output, after the inverse
+0.40-0.73 to the original; ``key_collisions.py`` reports both, and docs/research.md, "Where recovery loses the
+identity", has the diagnosis). Here the flow is replaced by keyed maps that cannot magnify it: isometries of
+the centred principal coordinates of real identities that also keep their distribution, so the anonymized
+identity is one the generator was trained to render:
 
 * ``flips``: each principal coordinate's sign, a key bit each;
 * ``reflections``: in each plane of two adjacent principal directions, the reflection about a keyed axis.

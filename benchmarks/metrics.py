@@ -1,6 +1,6 @@
 """The metrics suite's speed: ``AnonymizationSuite`` on 256 SynthFaces test images at 64 px, on the CPU.
 
-Goal (issue 5): at most 60 s for the whole suite — anonymize with the key (and K-1 more keys), recover with
+Goal: at most 60 s for the whole suite — anonymize with the key (and K-1 more keys), recover with
 the key, a wrong key and a one-bit-off key, reconstruct, judge every image with the independent SynthFaces
 judge, MTCNN on originals and anonymized images, PSNR / SSIM / FID / key AUROC / retrieval — update plus
 compute. The images are read into memory first (not timed); one small warm-up batch runs before the clock.

@@ -4,10 +4,11 @@ A trained flow does not treat every key alike. On the quickstart model some keys
 one shared identity that many other keys reach too (two users' keys then give the same face), and keys
 differ in how much of the identity survives the round trip through the stored 8-bit face. Both show on
 faces the model never trained on, through the model's own identity encoder, so ``ifadit keygen`` can draw
-keys until several pass and keep the best of those. Measured on the quickstart (README, "Quickstart"): keys
-whose anonymized faces stay above cosine 0.1 to the originals under the model's own encoder were the ones
-that collided with another key under the independent judge, and the model's own recovery cosine ranked the
-judge's recovery of the rest.
+keys until several pass and keep the best of those. Measured on the quickstart model with 44 random keys:
+every key that collided with another key's output under the independent judge (16 of 16) kept its anonymized
+faces above cosine 0.1 to the originals under the model's own encoder, none of the 22 below that line
+collided, and the model's own recovery cosine ranked the judge's recovery of the rest (docs/security.md,
+"Weak keys and the key check"; key collisions are rerun with ``benchmarks/key_collisions.py``).
 
 Nothing here sees the judge or the test faces: ``ifadit keygen`` checks on the recipe's validation split.
 Keeping one of ``n`` drawn keys costs at most log2(n) of the key's 256 bits (5 bits for the default 32).

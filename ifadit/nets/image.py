@@ -27,8 +27,10 @@ def as_stored(images: Tensor, straight_through: bool = False) -> Tensor:
     """``images`` as an 8-bit file gives them back, in [-1, 1]: what a recovery actually reads.
 
     A user recovers from the saved anonymized image, not from the generator's floats, and rounding alone
-    moves some keys' recovery by 0.1 (README, "Training", tenth session). ``straight_through`` keeps the
-    stored values forward and the identity's gradient backward, so training can meet the rounding."""
+    moved the worst quickstart key's recovery from 0.632 to 0.531 (judge, 600 test faces: the metrics suite
+    scoring the generator's floats, then the stored faces; docs/research.md, "How things were measured").
+    ``straight_through`` keeps the stored values forward and the identity's gradient backward, so training
+    can meet the rounding."""
     stored = uint8_levels(images) / 127.5 - 1
     if straight_through:
         return images + (stored - images).detach()

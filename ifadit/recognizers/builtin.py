@@ -22,7 +22,8 @@ from ifadit.recognizers.base import EncoderRecognizer
 from ifadit.weights import WeightsError, load_checkpoint, load_state_dict_by_name
 
 # Where an identity encoder's tensors live in the checkpoints ifadit's task writes: ``recognizer.`` in the
-# recognizer phase, ``model.identity_encoder.`` in the others (the containers ifadit.task._canonical strips).
+# recognizer phase, ``model.identity_encoder.`` in the others (the containers
+# ifadit.training.checkpoint.canonical strips).
 TASK_CHECKPOINT_PREFIXES = ("recognizer.", "model.identity_encoder.", "identity_encoder.")
 
 # TreB1eN's face_verify.py accepts a pair when the squared L2 distance of the unit embeddings is below

@@ -1,4 +1,4 @@
-"""``ifadit anonymize`` / ``ifadit recover`` end to end on real photos, and every bad input of issue 6 with
+"""``ifadit anonymize`` / ``ifadit recover`` end to end on real photos, and every bad input they reject with
 its one-line message: the rest of the batch goes on, the exit status says a photo failed, nothing is half
 written.
 

@@ -2,10 +2,12 @@
 
     z_anon = B⁻¹(R(c) · B(z))          z = B⁻¹(R(c)ᵀ · B(z_anon))
 
-``B`` is an unconditional flow trained as a density model of identities (``base_nll``), so ``B(z)`` of a
-real identity is standard-normal distributed. ``R(c)`` is orthogonal, and a standard normal is invariant
-under every orthogonal map: ``R(c) · B(z)`` is again standard normal, hence ``z_anon`` is again distributed
-like a real identity, for every key. The key decides only *where* in the identity distribution it lands.
+``B`` is any registered unconditional flow. In an ifadit recipe it trains with the rest of the flow on the
+task's losses; the task has no loss that fits it as a density model. Whoever trains it as one in their own
+code (minimising ``base_nll``) makes ``B(z)`` of a real identity standard-normal distributed. ``R(c)`` is
+orthogonal, and a standard normal is invariant under every orthogonal map: ``R(c) · B(z)`` is then again
+standard normal, hence ``z_anon`` is again distributed like a real identity, for every key, and the key
+decides only *where* in the identity distribution it lands.
 
 Log-determinant: ``J_F(z) = J_{B⁻¹}(R u) · R · J_B(z)`` with ``u = B(z)``. ``|det R| = 1`` and
 ``log|det J_{B⁻¹}(u')| = −log|det J_B(B⁻¹(u'))|``, so ``log|det J_F(z)| = logdet_B(z) − logdet_B(z_anon)``.
@@ -117,7 +119,8 @@ class KeyedRotationFlow(KeyedFlow):
         return matrix[:, : self.dim, : self.dim]
 
     def base_nll(self, z: Tensor) -> Tensor:
-        """Mean negative log-likelihood (nats per sample) of identities under the base; minimise it first."""
+        """Mean negative log-likelihood (nats per sample) of identities under the base, for code that fits the
+        base as a density model (ifadit's task does not)."""
         return -self.base.log_prob(z).mean()
 
     def _forward(self, z: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
