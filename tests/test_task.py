@@ -468,3 +468,28 @@ def test_trainable_parts_train_and_frozen_parts_stay_in_eval_mode_inside_trainin
     ]
     assert not wrong, f"{len(wrong)} modules in the wrong mode, e.g. {wrong[:3]}"
     assert any(task.modes.values())
+
+
+@pytest.mark.parametrize("phase", ["disentangle", "flow"])
+def test_a_validation_step_encodes_each_image_once(phase):
+    parts = _parts()
+    if phase == "disentangle":
+        parts.pop("flow"), parts.pop("key_scheme")
+    task = IFADITTask(**parts, phase=phase).eval()
+    task.log_dict = lambda *args, **kwargs: None  # no trainer to log to
+    m = task.model
+    asked: dict[str, set[int]] = {"identity": set(), "attributes": set()}
+    computed = {"identity": 0, "attributes": 0}
+    for name, encoder in (("identity", m.identity_encoder), ("attributes", m.attribute_encoder)):
+        encoder.register_forward_pre_hook(lambda _, args, name=name: asked[name].add(id(args[0])))
+        def count(*_, name=name) -> None:
+            computed[name] += 1
+
+        next(encoder.children()).register_forward_pre_hook(count)  # runs only when the encoder computes
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        task.validation_step({"image": x, "identity": torch.arange(4)}, 0)
+    # phase 1: x and its reconstruction; phase 2: x, the two keys' anonymizations, the reconstruction and
+    # the three recoveries (right key, wrong key, one bit off); attributes of x and of the anonymized face
+    assert computed["identity"] == len(asked["identity"]) == (2 if phase == "disentangle" else 7)
+    assert computed["attributes"] == len(asked["attributes"]) == (1 if phase == "disentangle" else 2)
