@@ -1,4 +1,4 @@
-"""A third-party ifadit flow: a keyed rotation in the Gaussian base space of a density flow."""
+"""A third-party ifadit flow: a keyed rotation in the base space of an unconditional flow."""
 
 from ifadit_keyed_rotation.flow import KeyedRotationFlow
 
