@@ -14,29 +14,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from ifadit.sweep.child import (
-    STATE_DONE,
-    TAG_HASH,
-    TAG_LABEL,
-    TAG_PARENT,
     TAG_ROLE,
-    TAG_SEED,
-    TAG_STATE,
-    TAG_SUPERSEDED,
     TAG_SWEEP,
     ChildJob,
     RecipeChecker,
@@ -44,16 +35,43 @@ from ifadit.sweep.child import (
     one_line_error,
     record_failure,
 )
-from ifadit.sweep.spec import Combination, SweepSpec, expand_dotted, flatten
-from ifadit.tracking import default_artifact_location, mlflow_uri_default, prepare_tracking_uri
+from ifadit.sweep.overrides import flatten
+from ifadit.sweep.prerequisites import last_line, prerequisite_args, run_prerequisites
+from ifadit.sweep.runs import (
+    SweepError,
+    child_runs,
+    create_child,
+    experiment_id,
+    find_parent,
+    is_done,
+    latest_by_hash,
+    redact_uri,
+)
+from ifadit.sweep.spec import Combination, SweepSpec
+from ifadit.tracking import mlflow_uri_default
+
+__all__ = [
+    "ChildOutcome",
+    "PlanRow",
+    "SweepError",
+    "SweepOptions",
+    "SweepResult",
+    "child_runs",
+    "experiment_id",
+    "find_parent",
+    "format_plan",
+    "is_done",
+    "latest_by_hash",
+    "plan",
+    "prerequisite_args",
+    "redact_uri",
+    "run_prerequisites",
+    "run_sweep",
+]
 
 RESULTS_ROOT = Path("benchmarks") / "results"
 WORK_ROOT = Path("outputs") / "sweeps"
 SPEC_ARTIFACT = "sweep/spec.yaml"
-
-
-class SweepError(RuntimeError):
-    """A sweep that cannot go on (a prerequisite failed, the tracking store is unreachable)."""
 
 
 @dataclass
@@ -88,160 +106,6 @@ class SweepResult:
     @property
     def failed(self) -> list[ChildOutcome]:
         return [o for o in self.outcomes if o.status == "failed"]
-
-
-def redact_uri(uri: str) -> str:
-    """A tracking URI fit to print or store: no user:password@ part."""
-    return re.sub(r"//[^/@]+@", "//***@", uri)
-
-
-@contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-# -- MLflow bookkeeping --------------------------------------------------------------------------------------
-
-
-def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
-    """The experiment's id, created when missing (a sqlite store keeps its artifacts beside the database)."""
-    prepare_tracking_uri(uri, name, default_artifact_location(uri, name))
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return client.create_experiment(name, artifact_location=default_artifact_location(uri, name))
-    if experiment.lifecycle_stage == "deleted":
-        raise SweepError(f"MLflow experiment {name!r} is deleted: restore it or name another experiment")
-    return experiment.experiment_id
-
-
-def find_parent(client: MlflowClient, experiment: str, name: str) -> Run | None:
-    """The newest parent run of sweep ``name`` in the experiment, if any."""
-    runs = _search(client, experiment, f"tags.`{TAG_ROLE}` = 'parent' and tags.`{TAG_SWEEP}` = '{name}'")
-    return max(runs, key=lambda r: r.info.start_time) if runs else None
-
-
-def child_runs(client: MlflowClient, experiment: str, parent_id: str) -> list[Run]:
-    return _search(client, experiment, f"tags.`{TAG_PARENT}` = '{parent_id}'")
-
-
-def is_done(run: Run) -> bool:
-    return run.info.status == "FINISHED" and run.data.tags.get(TAG_STATE) == STATE_DONE
-
-
-def latest_by_hash(runs: Sequence[Run]) -> dict[str, Run]:
-    """Per child hash, its finished run if there is one, else its newest attempt."""
-    best: dict[str, Run] = {}
-    for run in sorted(runs, key=lambda r: r.info.start_time):
-        key = run.data.tags.get(TAG_HASH)
-        if key and not (key in best and is_done(best[key]) and not is_done(run)):
-            best[key] = run
-    return best
-
-
-def _create_child(client: MlflowClient, experiment: str, parent: str, spec: SweepSpec, combo: Combination,
-                  previous: Run | None) -> str:
-    tags = {TAG_PARENT: parent, TAG_SWEEP: spec.name, TAG_ROLE: "child", TAG_HASH: combo.hash,
-            TAG_LABEL: combo.label, TAG_STATE: "queued"}
-    if combo.seed is not None:
-        tags[TAG_SEED] = str(combo.seed)
-    run = client.create_run(experiment, run_name=combo.run_name, tags=tags)
-    run_id = run.info.run_id
-    params = {f"sweep.{axis}": value for axis, value in combo.choices.items()}
-    params["sweep.setting"] = combo.label
-    if combo.seed is not None:
-        params["sweep.seed"] = str(combo.seed)
-    for key, value in flatten(combo.overrides).items():
-        params[f"sweep.override.{key}"[:250]] = json.dumps(value, default=str)[:6000]
-    from mlflow.entities import Param
-
-    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-    if previous is not None:
-        with contextlib.suppress(Exception):
-            client.set_tag(previous.info.run_id, TAG_SUPERSEDED, run_id)
-            if previous.info.status == "RUNNING":  # its sweep was killed: it will never finish
-                record_failure(client, previous.info.run_id, "interrupted: the sweep stopped in this child")
-                client.set_terminated(previous.info.run_id, "KILLED")
-    return run_id
-
-
-# -- prerequisites -------------------------------------------------------------------------------------------
-
-
-def prerequisite_args(config: Path, overrides: Mapping[str, Any]) -> list[str]:
-    """``fit --config RECIPE [--config OVERRIDES]``: the recipe by its path, so the run and its checkpoint
-    folder get the names ``ifadit fit --config RECIPE`` gives them (what ``creates`` points at)."""
-    args = ["fit", "--config", str(config)]
-    if overrides:
-        args += ["--config", yaml.safe_dump(expand_dotted(overrides), sort_keys=False)]
-    return args
-
-
-def run_prerequisites(spec: SweepSpec, options: SweepOptions, uri: str, in_process: bool,
-                      work_dir: Path) -> list[str]:
-    """Fit every prerequisite whose ``creates`` is missing, in order; a failure stops the sweep."""
-    from ifadit.lightning_cli import cli_main
-
-    report = []
-    for pre in spec.prerequisites:
-        if pre.creates.exists():
-            options.log(f"prerequisite {pre.config}: {pre.creates} exists, not retrained")
-            report.append(f"found {pre.creates}")
-            continue
-        options.log(f"prerequisite {pre.config}: training (creates {pre.creates})")
-        args = prerequisite_args(pre.config, {**pre.overrides, **options.extra})
-        start = time.monotonic()
-        if in_process:
-            try:
-                with _environment(MLFLOW_TRACKING_URI=uri):
-                    cli_main(args, parser_kwargs={"exit_on_error": False})
-            except Exception as exc:
-                raise SweepError(f"prerequisite {pre.config} failed: {one_line_error(exc)}") from None
-        else:
-            log = work_dir / "prerequisites" / f"{pre.config.stem}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-            if options.devices:
-                env["CUDA_VISIBLE_DEVICES"] = options.devices[0]
-            with open(log, "w") as out:
-                code = subprocess.call([sys.executable, "-m", "ifadit.cli", *args], stdout=out,
-                                       stderr=subprocess.STDOUT, env=env)
-            if code != 0:
-                raise SweepError(
-                    f"prerequisite {pre.config} failed (exit {code}): {_last_line(log)}; log: {log}"
-                )
-        if not pre.creates.exists():
-            raise SweepError(f"prerequisite {pre.config} finished but did not create {pre.creates}")
-        options.log(f"prerequisite {pre.config}: done in {time.monotonic() - start:.0f} s")
-        report.append(f"trained {pre.creates}")
-    return report
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return ""
-    return lines[-1][:300] if lines else ""
 
 
 # -- the plan (dry run) --------------------------------------------------------------------------------------
@@ -312,7 +176,7 @@ def _finish_worker(client: MlflowClient, job: ChildJob, code: int, log: Path) ->
         return True, ""
     error = run.data.tags.get("ifadit.sweep.error")
     if run.info.status == "RUNNING" or not error:
-        error = f"worker exited with status {code}: {_last_line(log)}"
+        error = f"worker exited with status {code}: {last_line(log)}"
         record_failure(client, job.run_id, error)
     return False, error
 
@@ -381,7 +245,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None) -> SweepResu
             queue.append((i, combo))
 
     def start(i: int, combo: Combination) -> ChildJob:
-        run_id = _create_child(client, exp_id, parent_id, spec, combo, existing.get(combo.hash))
+        run_id = create_child(client, exp_id, parent_id, spec, combo, existing.get(combo.hash))
         options.log(f"[{i}/{len(combos)}] {combo.run_name}: training (run {run_id})")
         return _job(spec, combo, run_id, uri, Path(work_dir))
 
