@@ -15,6 +15,7 @@ from ifadit.training import (
     Adversary,
     LossWeights,
     OptimizerConfig,
+    encoding_each_image_once,
     flow_terms,
     reconstruction_terms,
 )
@@ -493,3 +494,17 @@ def test_a_validation_step_encodes_each_image_once(phase):
     # the three recoveries (right key, wrong key, one bit off); attributes of x and of the anonymized face
     assert computed["identity"] == len(asked["identity"]) == (2 if phase == "disentangle" else 7)
     assert computed["attributes"] == len(asked["attributes"]) == (1 if phase == "disentangle" else 2)
+
+
+def test_encoding_each_image_once_recomputes_a_modified_tensor_and_accepts_inference_tensors():
+    encoder = torch.nn.Linear(3, 2)
+    x = torch.ones(1, 3)
+    with encoding_each_image_once(encoder):
+        first = encoder(x)
+        assert encoder(x) is first and encoder(x.clone()) is not first
+        x.mul_(2)  # modified in place: computed again
+        torch.testing.assert_close(encoder(x), torch.nn.functional.linear(x, encoder.weight, encoder.bias))
+        with torch.inference_mode():
+            y = torch.ones(1, 3)
+            assert encoder(y) is encoder(y)
+    assert "forward" not in vars(encoder)  # the class's forward is back

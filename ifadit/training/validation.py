@@ -36,6 +36,12 @@ def keyed_summary(results: Mapping[str, float | None]) -> dict[str, float]:
     return summary  # type: ignore[return-value]
 
 
+def _version(tensor: Tensor) -> int:
+    """Its in-place modification count; inference tensors (``trainer.test``) keep none, and nothing here
+    modifies them."""
+    return -1 if tensor.is_inference() else tensor._version
+
+
 @contextmanager
 def encoding_each_image_once(*encoders: nn.Module) -> Iterator[None]:
     """Within the block, an encoder called again on the very same tensor (unmodified) returns its first
@@ -51,10 +57,10 @@ def encoding_each_image_once(*encoders: nn.Module) -> Iterator[None]:
                 if args or kwargs or not isinstance(images, Tensor):
                     return _forward(images, *args, **kwargs)
                 hit = _cache.get(id(images))
-                if hit is not None and hit[0] is images and hit[1] == images._version:
+                if hit is not None and hit[0] is images and hit[1] == _version(images):
                     return hit[2]
                 output = _forward(images)
-                _cache[id(images)] = (images, images._version, output)
+                _cache[id(images)] = (images, _version(images), output)
                 return output
 
             encoder.forward = once  # an instance attribute: shadows the class's forward for this block
