@@ -1,7 +1,8 @@
 """The ``ifadit`` command. Thin: every subcommand parses its options and calls library code.
 
 ``fit``, ``validate``, ``test`` and ``predict`` go to the LightningCLI in :mod:`ifadit.lightning_cli`
-(``ifadit fit --help``); the other subcommands are parsed here.
+(``ifadit fit --help``); the other subcommands are parsed here. Options are spelled like Lightning's, with
+underscores (``--ckpt_path``, ``--passphrase_file``); the hyphenated spelling of any option works too.
 
 Expected failures (bad key file, unknown plugin, missing weights, bad config) end in one line on stderr
 and exit status 2; they never print key material.
@@ -10,12 +11,13 @@ and exit status 2; they never print key material.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ifadit import registry
+from ifadit import __version__, registry
 from ifadit.keys import KeyFileError, SecretKey, load_passphrase_file
 from ifadit.weights import WeightsError, load_checkpoint, load_state_dict_by_name
 
@@ -42,8 +44,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    if (args.check_config is None) != (args.check_ckpt is None):
-        raise ValueError("--check-config and --check-ckpt go together")
+    if (args.config is None) != (args.ckpt_path is None):
+        raise ValueError("checking keys needs both --config and --ckpt_path")
     if Path(args.path).exists():  # before checking keys, which takes a while
         raise KeyFileError(f"refusing to overwrite existing file {args.path}")
     if args.passphrase_file:
@@ -52,7 +54,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
         draw = lambda: SecretKey.from_passphrase(passphrase, salt=salt)  # noqa: E731
     else:
         draw = SecretKey.generate
-    secret = _checked_key(args, draw) if args.check_ckpt else draw()
+    secret = _checked_key(args, draw) if args.ckpt_path else draw()
     path = secret.save(args.path)
     print(f"wrote {path} (mode 0600), fingerprint {secret.fingerprint}")
     return 0
@@ -65,12 +67,12 @@ def _checked_key(args: argparse.Namespace, draw: Callable[[], SecretKey]) -> Sec
     from ifadit.keycheck import choose_key
 
     if args.candidates < 1 or args.max_draws < args.candidates or args.check_images < 1:
-        raise ValueError("need 1 <= --candidates <= --max-draws and --check-images >= 1")
+        raise ValueError("need 1 <= --candidates <= --max_draws and --check_images >= 1")
     if args.passphrase_file and args.salt and (args.candidates, args.max_draws) != (1, 1):
-        raise ValueError("a passphrase with a fixed --salt gives one key: use --candidates 1 --max-draws 1")
-    task, datamodule = _build_task(args.check_config, args.check_ckpt, strict=True)
+        raise ValueError("a passphrase with a fixed --salt gives one key: use --candidates 1 --max_draws 1")
+    task, datamodule = _build_task(args.config, args.ckpt_path, strict=True)
     if task.model is None or not task.model.keyed:
-        raise ValueError(f"{args.check_ckpt} is not a flow-phase model: checking a key needs a trained flow")
+        raise ValueError(f"{args.ckpt_path} is not a flow-phase model: checking a key needs a trained flow")
     datamodule.setup("validate")
     batches, count = [], 0
     for batch in datamodule.val_dataloader():  # only as many faces as the check uses
@@ -97,11 +99,11 @@ def _read_secret(args: argparse.Namespace) -> SecretKey:
         return SecretKey.load(args.key)
     if args.passphrase_file:
         if not args.salt:
-            raise ValueError("--passphrase-file needs --salt (hex) so the same key can be derived again")
+            raise ValueError("--passphrase_file needs --salt (hex) so the same key can be derived again")
         return SecretKey.from_passphrase(
             load_passphrase_file(args.passphrase_file), salt=bytes.fromhex(args.salt)
         )
-    raise ValueError("give --key KEYFILE or --passphrase-file FILE --salt HEX")
+    raise ValueError("give --key KEYFILE or --passphrase_file FILE --salt HEX")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -137,10 +139,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from ifadit.evaluation import evaluate_headline, format_scores, write_scores
 
     secret = _read_secret(args)
-    task, datamodule = _build_task(args.config, args.ckpt, strict=True)
-    judge_task, _ = _build_task(args.judge_config, args.judge_ckpt, strict=False)
+    task, datamodule = _build_task(args.config, args.ckpt_path, strict=True)
+    judge_task, _ = _build_task(args.judge_config, args.judge_ckpt_path, strict=False)
     if task.model is None or not task.model.keyed:
-        raise ValueError(f"{args.ckpt} is not a flow-phase model: score needs a trained flow")
+        raise ValueError(f"{args.ckpt_path} is not a flow-phase model: score needs a trained flow")
     datamodule.setup("test")
     loader = {"test": datamodule.test_dataloader, "val": datamodule.val_dataloader}[args.split]()
     out = Path(args.out)
@@ -148,7 +150,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         task.model, judge_task.identity_encoder, loader, secret, grid_path=out / "grid.png"
     )
     write_scores(scores, out / "scores.json")
-    print(f"ifadit score: {args.split} split, judged by the recognizer in {args.judge_ckpt}")
+    print(f"ifadit score: {args.split} split, judged by the recognizer in {args.judge_ckpt_path}")
     print(format_scores(scores))
     print(f"grid (original | anonymized key A | key B | recovered | wrong-key recovery): {out / 'grid.png'}")
     return 0
@@ -158,7 +160,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ifadit.evaluate import evaluate_checkpoint
 
     secret = _read_secret(args) if (args.key or args.passphrase_file) else None
-    task, datamodule = _build_task(args.config, args.ckpt, strict=True)
+    args.ckpt = args.ckpt_path  # the name ifadit.evaluate reads
+    task, datamodule = _build_task(args.config, args.ckpt_path, strict=True)
     return evaluate_checkpoint(task, datamodule, secret, args)
 
 
@@ -190,7 +193,7 @@ def _cmd_photos(args: argparse.Namespace) -> int:
         min_face_size=args.min_face_size, max_side=args.detect_max_side, device=args.device
     )
     anonymizer = Anonymizer.from_checkpoint(
-        args.model, config=args.config, device=args.device, detector=detector,
+        args.ckpt_path, config=args.config, device=args.device, detector=detector,
         batch_size=args.batch_size, skip_tiny=args.skip_tiny,
     )
     options = BatchOptions(
@@ -208,34 +211,52 @@ def _cmd_photos(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
+# Old option names, still accepted (the help shows only the current ones): subcommand -> old -> current.
+RENAMED_OPTIONS: dict[str, dict[str, str]] = {
+    "keygen": {"--check_ckpt": "--ckpt_path", "--check_config": "--config"},
+    "score": {"--ckpt": "--ckpt_path", "--judge_ckpt": "--judge_ckpt_path"},
+    "evaluate": {"--ckpt": "--ckpt_path"},
+    "anonymize": {"--model": "--ckpt_path"},
+    "recover": {"--model": "--ckpt_path"},
+}
+_LONG_OPTION = re.compile(r"^--[A-Za-z][\w-]*$")
+
+
+def _add_key_options(p: argparse.ArgumentParser, what: str = "the secret key") -> None:
+    p.add_argument("--key", help=f"{what}: a key file written by 'ifadit keygen'")
+    p.add_argument("--passphrase_file", help="instead of --key: a file holding the passphrase the key was "
+                   "derived from (with --salt)")
+    p.add_argument("--salt", help="the hex salt of --passphrase_file (printed in the key file's header)")
+
+
 def _add_photo_parsers(sub: Any) -> None:
     for name, what in (("anonymize", "anonymize every face of photos with a key"),
                        ("recover", "recover the faces of anonymized photos with the same key")):
-        p = sub.add_parser(name, help=what + " (exit 1 if any photo failed)")
+        p = sub.add_parser(name, help=what + " (exit 1 if any photo failed)", description=what + ".")
         p.add_argument("inputs", nargs="+", metavar="INPUT",
                        help="JPEG/PNG/WebP files or folders (recursive)")
         p.add_argument("--out", required=True, help="output folder (inputs are never overwritten)")
-        p.add_argument("--model", required=True, help="a flow-phase checkpoint written by 'ifadit fit'")
+        p.add_argument("--ckpt_path", required=True,
+                       help="a flow-phase checkpoint written by 'ifadit fit'")
         p.add_argument("--config", help="its recipe, for checkpoints that carry no model config")
-        p.add_argument("--key", help="key file written by 'ifadit keygen'")
-        p.add_argument("--passphrase-file")
-        p.add_argument("--salt")
-        p.add_argument("--device", default="cpu")
-        p.add_argument("--batch-size", type=int, default=8, help="faces per model call (default 8)")
+        _add_key_options(p)
+        p.add_argument("--device", default="cpu",
+                       help="torch device for detection and the model (default cpu)")
+        p.add_argument("--batch_size", type=int, default=8, help="faces per model call (default 8)")
         p.add_argument("--format", choices=("png", "jpeg", "webp"),
                        help="output format (default: the input's; png and webp are lossless)")
         p.add_argument("--overwrite", action="store_true",
                        help="replace existing outputs (never an input)")
         p.add_argument("--sidecar", action="store_true",
                        help="also write OUTPUT.ifadit.json with the metadata")
-        p.add_argument("--min-face-size", type=int, default=24,
+        p.add_argument("--min_face_size", type=int, default=24,
                        help="smallest face side in pixels to process (default 24); smaller ones fail "
                        "the photo")
-        p.add_argument("--skip-tiny", action="store_true",
-                       help="leave faces under --min-face-size as they are")
-        p.add_argument("--detect-max-side", type=int, default=1600,
+        p.add_argument("--skip_tiny", action="store_true",
+                       help="leave faces under --min_face_size as they are")
+        p.add_argument("--detect_max_side", type=int, default=1600,
                        help="detect on a copy downscaled to this longest side (default 1600)")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument("--no_progress", action="store_true", help="no progress bar")
         if name == "recover":
             p.add_argument("--metadata",
                            help="an ifadit metadata sidecar for the inputs (e.g. after re-encoding)")
@@ -247,35 +268,37 @@ def _add_photo_parsers(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand but the Lightning ones (listed for the help only)."""
     parser = argparse.ArgumentParser(prog="ifadit", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"ifadit {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("plugins", help="list the registered components of every plugin group")
-    p.add_argument("--group", choices=registry.GROUPS)
+    p.add_argument("--group", choices=registry.GROUPS, help="list only this group")
     p.add_argument("--strict", action="store_true", help="exit 1 if a plugin fails to load")
     p.set_defaults(func=_cmd_plugins)
 
     p = sub.add_parser("keygen", help="write a new 256-bit secret key file (mode 0600, never overwrites)")
-    p.add_argument("path")
-    p.add_argument("--passphrase-file", help="derive the key from the passphrase in this file (scrypt)")
-    p.add_argument("--salt", help="hex salt for --passphrase-file (default: random, recorded in the file)")
-    p.add_argument("--check-config", help="with --check-ckpt: reject keys that are weak for this model "
-                   "(ifadit.keycheck), checked on its recipe's validation faces")
-    p.add_argument("--check-ckpt", help="the flow-phase checkpoint to check keys on")
+    p.add_argument("path", help="the key file to write (refused if it exists)")
+    p.add_argument("--passphrase_file", help="derive the key from the passphrase in this file (scrypt)")
+    p.add_argument("--salt", help="hex salt for --passphrase_file (default: random, recorded in the file)")
+    p.add_argument("--config", help="with --ckpt_path: reject keys that are weak for this model "
+                   "(ifadit.keycheck), checked on this recipe's validation faces")
+    p.add_argument("--ckpt_path", help="the flow-phase checkpoint to check keys on (with --config)")
     p.add_argument("--candidates", type=int, default=4,
                    help="draw keys until this many anonymize; the best recovering one is written (default 4)")
-    p.add_argument("--max-draws", type=int, default=32,
+    p.add_argument("--max_draws", type=int, default=32,
                    help="give up after drawing this many keys (default 32)")
-    p.add_argument("--max-anonymized", type=float, default=0.1,
+    p.add_argument("--max_anonymized", type=float, default=0.1,
                    help="weak above this cosine between the original and anonymized faces (default 0.1)")
-    p.add_argument("--check-images", type=int, default=200, help="validation faces to check on (default 200)")
+    p.add_argument("--check_images", type=int, default=200, help="validation faces to check on (default 200)")
     p.set_defaults(func=_cmd_keygen)
 
     p = sub.add_parser("demo", help="the flow demo: anonymize and recover identity vectors with a key")
-    p.add_argument("--config", default="recipes/quickstart/flow_demo.yaml")
-    p.add_argument("--key", help="key file written by 'ifadit keygen'")
-    p.add_argument("--passphrase-file")
-    p.add_argument("--salt")
+    p.add_argument("--config", default="recipes/quickstart/flow_demo.yaml",
+                   help="the demo's own YAML (flow, key scheme, steps; default: the quickstart's)")
+    _add_key_options(p)
     p.add_argument("--steps", type=int, help="override the number of training steps")
     p.add_argument("--out", help="folder for flow_demo.json")
     p.set_defaults(func=_cmd_demo)
@@ -287,72 +310,90 @@ def build_parser() -> argparse.ArgumentParser:
         "score", help="anonymize and recover held-out faces with a key, judged by another recognizer"
     )
     p.add_argument("--config", required=True, help="the flow-phase recipe the checkpoint was trained with")
-    p.add_argument("--ckpt", required=True, help="the flow-phase checkpoint")
-    p.add_argument("--judge-config", required=True, help="the recipe of an independently trained recognizer")
-    p.add_argument("--judge-ckpt", required=True)
-    p.add_argument("--key", help="key file written by 'ifadit keygen'")
-    p.add_argument("--passphrase-file")
-    p.add_argument("--salt")
-    p.add_argument("--split", choices=("test", "val"), default="test")
-    p.add_argument("--out", default="outputs/score")
+    p.add_argument("--ckpt_path", required=True, help="the flow-phase checkpoint")
+    p.add_argument("--judge_config", required=True, help="the recipe of an independently trained recognizer")
+    p.add_argument("--judge_ckpt_path", required=True, help="that recognizer's checkpoint")
+    _add_key_options(p)
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="the faces to score (default test)")
+    p.add_argument("--out", default="outputs/score",
+                   help="folder for scores.json and grid.png (default outputs/score)")
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser(
         "evaluate", help="the metrics suite on a trained model: table, JSON, Markdown and an MLflow run"
     )
-    p.add_argument("--ckpt", required=True, help="the flow-phase checkpoint")
+    p.add_argument("--ckpt_path", required=True, help="the flow-phase checkpoint")
     p.add_argument("--config", required=True, help="the flow-phase recipe the checkpoint was trained with")
     p.add_argument("--data", choices=("test", "val"), default="test", help="the split to evaluate")
     p.add_argument("--recognizer", action="append", metavar="NAME_OR_CKPT",
-                   help="a judge, repeatable: a registered name (dlib, arcface_irse50:checkpoint=PATH, ...) "
+                   help="a judge, repeatable: a registered name (dlib, arcface-irse50:checkpoint=PATH, ...) "
                    "or CKPT:config=RECIPE of a recognizer ifadit trained; default: the model's own encoder")
-    p.add_argument("--key", help="key file written by 'ifadit keygen' (default: the public validation key)")
-    p.add_argument("--passphrase-file")
-    p.add_argument("--salt")
+    _add_key_options(p, "the key (default: the public validation key)")
     p.add_argument("--anonymizations", type=int, default=2, metavar="K",
                    help="keys per face for the diversity metrics (default 2)")
     p.add_argument("--far", type=float, default=1e-3,
                    help="false acceptance rate for recognizers calibrated on the val split (default 1e-3)")
     p.add_argument("--limit", type=int, help="evaluate at most this many images")
-    p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
-    p.add_argument("--no-detector", action="store_true", help="skip the MTCNN utility metrics")
-    p.add_argument("--no-fid", dest="fid", action="store_false", help="skip FID")
-    p.add_argument("--out", default="outputs/evaluate")
-    p.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite)")
+    p.add_argument("--batch_size", type=int, help="override the recipe's batch size")
+    p.add_argument("--no_detector", action="store_true", help="skip the MTCNN utility metrics")
+    p.add_argument("--no_fid", dest="fid", action="store_false", help="skip FID")
+    p.add_argument("--out", default="outputs/evaluate",
+                   help="folder for evaluation.json, evaluation.md and grid.png (default outputs/evaluate)")
+    p.add_argument("--no_mlflow", action="store_true", help="do not log an MLflow run")
+    p.add_argument("--tracking_uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite)")
     p.add_argument("--experiment", help="MLflow experiment (default: ifadit)")
-    p.add_argument("--run-name", help="MLflow run name (default: evaluate-<checkpoint folder>)")
+    p.add_argument("--run_name", help="MLflow run name (default: evaluate-<checkpoint folder>)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("weights", help="list the pretrained checkpoints ifadit knows and which are present")
-    p.add_argument("--no-verify", action="store_true", help="skip sha256 verification")
+    p.add_argument("--no_verify", action="store_true", help="skip sha256 verification")
     p.set_defaults(func=_cmd_weights)
 
     _add_photo_parsers(sub)
 
     p = sub.add_parser("sweep", help="an ablation sweep: a child MLflow run per combination, then a summary")
     p.add_argument("spec", help="sweep spec YAML (e.g. benchmarks/ablations.yaml)")
-    p.add_argument("--dry-run", action="store_true", help="list the children and check their recipes parse")
+    p.add_argument("--dry_run", action="store_true", help="list the children and check their recipes parse")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every child and prerequisite (YAML value), e.g. trainer.max_steps=5")
     p.add_argument("--name", help="sweep name (parent run, results folder); default: the spec's")
     p.add_argument("--jobs", type=int, default=1, help="children in parallel processes (threads split)")
     p.add_argument("--devices", help="one job per GPU: comma-separated CUDA device ids, or 'all'")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite)")
-    p.add_argument("--results-dir", help="summary folder (default: benchmarks/results/<name>)")
-    p.add_argument("--work-dir", help="children's checkpoints and logs (default: outputs/sweeps/<name>)")
+    p.add_argument("--tracking_uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite)")
+    p.add_argument("--results_dir", help="summary folder (default: benchmarks/results/<name>)")
+    p.add_argument("--work_dir", help="children's checkpoints and logs (default: outputs/sweeps/<name>)")
     p.set_defaults(func=_cmd_sweep)
     return parser
 
 
+def normalize_options(argv: Sequence[str]) -> list[str]:
+    """Arguments with every long option in the underscore spelling (``--passphrase-file`` ->
+    ``--passphrase_file``) and renamed options under their current names (``--ckpt`` -> ``--ckpt_path``)."""
+    out: list[str] = []
+    renamed = RENAMED_OPTIONS.get(argv[0], {}) if argv else {}
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + list(argv[i:])
+        flag, sep, value = arg.partition("=")
+        if _LONG_OPTION.match(flag):
+            flag = "--" + flag[2:].replace("-", "_")
+            flag = renamed.get(flag, flag)
+            arg = flag + sep + value
+        out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """``ifadit COMMAND ...``: the exit status (2 for an expected failure, reported in one line)."""
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
         from ifadit.lightning_cli import cli_main
 
-        cli_main(argv)
+        cli_main(None if from_command_line else argv)  # None: the CLI reads sys.argv itself
         return 0
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(normalize_options(argv))
     try:
         return int(args.func(args) or 0)
     except EXPECTED_ERRORS as exc:

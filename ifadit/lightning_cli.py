@@ -1,26 +1,32 @@
 """``ifadit fit|validate|test|predict``: LightningCLI over :class:`~ifadit.task.IFADITTask` and
 :class:`~ifadit.data.FaceDataModule`, with MLflow as the default logger.
 
-Registered short names (``class_path: glow``, ``class_path: timm``) work for every component, in config
-files and on the command line (``--model.flow glow``): they are rewritten to import paths before
-jsonargparse sees them. Each run checkpoints into a stable folder,
-``outputs/checkpoints/<experiment>/<run name>``, so ``--ckpt_path last`` resumes it.
+Every registered component is imported before parsing, so jsonargparse knows them all as subclasses (``fit
+--help`` lists them); registered short names (``--model.flow allinone``, ``class_path: timm``,
+``--model.flow.help allinone``) resolve through the registry wherever jsonargparse accepts a class.
+
+Each run checkpoints into a stable folder, ``outputs/checkpoints/<experiment>/<run name>``, that holds one
+run's checkpoints: ``--ckpt_path last`` resumes that run (its weights and its MLflow run), and a fit that
+does not resume from that folder replaces what an earlier run left there.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-import yaml
 from jsonargparse import ArgumentParser, Namespace
+from jsonargparse import _typehints as jsonargparse_typehints
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from ifadit import registry
 from ifadit.task import IFADITTask
@@ -31,8 +37,10 @@ from ifadit.tracking import (
     MLflowRunInCheckpoint,
     MLflowSaveConfigCallback,
     default_artifact_location,
+    fit_summary,
     mlflow_uri_default,
     prepare_tracking_uri,
+    run_params,
     run_to_resume,
 )
 
@@ -50,84 +58,146 @@ COMPONENT_GROUPS: dict[str, str] = {
 MLFLOW_LOGGER = "lightning.pytorch.loggers.MLFlowLogger"  # the default logger's class_path
 DEFAULT_DATAMODULE = "ifadit.data.FaceDataModule"
 CHECKPOINT_ROOT = Path("outputs") / "checkpoints"
-_CONFIG_FLAGS = ("-c", "--config")
-_COMPONENT_FLAG = re.compile(r"^--model\.(?P<key>\w+)(?:\.class_path)?$")
+FIT_DESCRIPTION = (
+    "Train the task from a recipe (--config). Checkpoints go to "
+    "outputs/checkpoints/<experiment>/<run name> (run name: <recipe folder>-<recipe stem>), a folder that "
+    "holds one run: --ckpt_path last resumes the run whose checkpoints are there (its weights, steps and "
+    "MLflow run); any other fit into that folder replaces the checkpoints an earlier run left in it (set "
+    "--checkpoint.dirpath or a logger run_name to keep them). "
+    "Components take registered short names: --model.flow allinone; --model.flow.help NAME lists a "
+    "component's arguments; 'ifadit plugins' lists the names."
+)
+UNKNOWN_COMPONENT = "unknown component"  # how the resolver's error starts: the CLI shortens such errors
+_PARSER_KEY = re.compile(r'Parser key "(?P<key>[^"]+)"')
 
 
 class ArgsError(ValueError):
-    """A config file that cannot be read or names an unknown component."""
+    """A model config that cannot be parsed."""
 
 
-def expand_config_text(text: str, source: str = "<config>") -> str:
-    """A YAML config with registered short names rewritten to import paths, as YAML text."""
-    try:
-        config = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ArgsError(f"{source} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if config is None:
-        config = {}
-    if not isinstance(config, dict):
-        raise ArgsError(f"{source} must hold a mapping at the top level")
-    try:
-        expanded = registry.expand_short_names(config, COMPONENT_GROUPS)
-    except registry.RegistryError as exc:
-        raise ArgsError(f"{source}: {exc}") from None
-    return yaml.safe_dump(expanded, sort_keys=False)
+# -- registered short names inside jsonargparse -----------------------------------------------------------
+
+_resolve_by_class_name = jsonargparse_typehints.resolve_class_path_by_name
 
 
-def _expand_component_value(key: str, value: str) -> str:
-    group = COMPONENT_GROUPS.get(key)
-    if group is None or "." in value or value.lstrip().startswith(("{", "[")):
-        return value  # not a component, already a path, or an inline YAML/JSON object
-    try:
-        return registry.class_path(group, value)
-    except registry.RegistryError:
-        return value  # e.g. a bare class name jsonargparse resolves itself
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _is_inline_yaml(value: str) -> bool:
-    """``--config '{trainer: {max_steps: 3}}'``: jsonargparse takes config text as well as a path."""
-    return value.lstrip().startswith("{") or "\n" in value
+def resolve_class_path(base: type | tuple[type, ...], name: str) -> str:
+    """jsonargparse's class-name resolution with registered names first: ``allinone`` is the class the
+    ``ifadit.flows`` entry point ``allinone`` names, when it is a ``base``. A bare name that is neither
+    registered nor a known subclass's class name fails with the registered choices."""
+    if not isinstance(name, str) or not name or "." in name:
+        return _resolve_by_class_name(base, name)
+    choices = registry.subclass_choices(base)
+    hits = choices.get(registry.find_name(choices, name) or name, [])
+    if len(hits) > 1:
+        paths = ", ".join(_class_path(c) for c in hits)
+        raise ValueError(f"{name!r} names several registered classes ({paths}): give a class path")
+    if hits:
+        return _class_path(hits[0])
+    resolved = _resolve_by_class_name(base, name)
+    if "." in resolved or not choices:
+        return resolved
+    kind = base.__name__ if inspect.isclass(base) else "component"
+    raise ValueError(f"{UNKNOWN_COMPONENT} {name!r} for a {kind}; registered: {', '.join(sorted(choices))} "
+                     "(or give a class path)")
 
 
-def expand_args(args: Sequence[str]) -> tuple[list[str], list[Path]]:
-    """Command-line arguments with short names expanded, and the config files they named.
+def install_short_names() -> None:
+    """Route jsonargparse's name-to-class resolution through :func:`resolve_class_path` (idempotent)."""
+    jsonargparse_typehints.resolve_class_path_by_name = resolve_class_path
 
-    Every ``--config FILE`` is read here and handed on as YAML text (jsonargparse's ``--config`` accepts
-    either): the text holds no path of its own, so relative paths in it keep meaning "from the CWD".
-    """
-    out: list[str] = []
-    files: list[Path] = []
-    items = list(args)
-    i = 0
-    while i < len(items):
-        arg = items[i]
-        flag, sep, inline = arg.partition("=")
-        takes_next = not sep and i + 1 < len(items)
-        value = inline if sep else (items[i + 1] if takes_next else None)
-        step = 1 if sep else 2
-        if flag in _CONFIG_FLAGS and value is not None:
-            if _is_inline_yaml(value):
-                out += [flag, expand_config_text(value)]
-            else:
-                path = Path(value)
-                try:
-                    text = path.read_text(encoding="utf-8")
-                except OSError as exc:
-                    reason = exc.strerror or type(exc).__name__
-                    raise ArgsError(f"cannot read config file {value}: {reason}") from None
-                files.append(path)
-                out += [flag, expand_config_text(text, value)]
-            i += step
-            continue
-        match = _COMPONENT_FLAG.match(flag)
-        if match and value is not None:
-            out += [flag, _expand_component_value(match["key"], value)]
-            i += step
-            continue
-        out.append(arg)
-        i += 1
-    return out, files
+
+def load_plugins() -> None:
+    """Import every registered component, so that jsonargparse lists and resolves them as subclasses. A
+    plugin that fails to import is left out here (``ifadit plugins`` reports it)."""
+    registry.loaded_components()
+
+
+install_short_names()
+
+
+def short_error(message: str) -> str | None:
+    """One line for an unknown component name (jsonargparse's message for it runs to dozens of lines)."""
+    line = next((ln.strip(" -") for ln in message.splitlines() if UNKNOWN_COMPONENT in ln), None)
+    if line is None:
+        return None
+    key = _PARSER_KEY.search(message)
+    return f"--{key['key']}: {line}" if key else line
+
+
+class IfaditArgumentParser(LightningArgumentParser):
+    """LightningArgumentParser whose unknown-component errors are one line, without the usage block."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        short = short_error(message)
+        if short is None or not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        sys.stderr.write(f"{parser.prog.replace(' [options]', '')}: error: {short}\n")
+        sys.exit(2)
+
+
+# -- run folders, resume -----------------------------------------------------------------------------------
+
+def config_files(config: Namespace) -> list[Path]:
+    """The config files a parsed config was read from, in order (inline YAML text is no file)."""
+    found = []
+    for item in config.get("config") or []:
+        text = str(getattr(item, "relative", item) or "")
+        if text and Path(text).is_file():
+            found.append(Path(text))
+    return found
+
+
+def last_checkpoint(dirpath: str | Path) -> Path | None:
+    """The checkpoint ``--ckpt_path last`` restores from a run folder: the newest ``last*.ckpt`` (Lightning's
+    rule), so that the MLflow run read from it is the run of the weights restored."""
+    folder = Path(dirpath)
+    if not folder.is_dir():
+        return None
+    stem = ModelCheckpoint.CHECKPOINT_NAME_LAST
+    found = [p for p in folder.iterdir() if p.suffix == ModelCheckpoint.FILE_EXTENSION
+             and p.stem.startswith(stem) and p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def stale_checkpoints(dirpath: str | Path, resume_from: str | Path | None) -> list[Path]:
+    """The checkpoints a fit into ``dirpath`` replaces: all of them, unless it resumes from one of them."""
+    folder = Path(dirpath)
+    if not folder.is_dir():
+        return []
+    found = sorted(p for p in folder.glob("*" + ModelCheckpoint.FILE_EXTENSION) if p.is_file())
+    if resume_from and any(Path(resume_from).resolve() == p.resolve() for p in found):
+        return []
+    return found
+
+
+class FreshRunFolder(Callback):
+    """Empties the run's checkpoint folder when a fit starts that does not resume from it, so that its
+    ``last.ckpt`` is always this run's (no ``last-v1.ckpt`` beside an older run's ``last.ckpt``, which
+    ``init_from`` or ``--ckpt_path last`` would otherwise pick up). Rank 0 only, before the first step; a
+    fit that writes no checkpoint (``fast_dev_run``, checkpointing off) leaves the folder alone."""
+
+    def __init__(self, dirpath: str | Path, resume_from: str | Path | None) -> None:
+        self.dirpath = Path(dirpath)
+        self.resume_from = resume_from
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage != "fit" or not trainer.is_global_zero or trainer.fast_dev_run:
+            return
+        mine = self.dirpath.resolve()
+        if not any(getattr(cb, "dirpath", None) and Path(cb.dirpath).resolve() == mine
+                   for cb in trainer.checkpoint_callbacks):
+            return
+        stale = stale_checkpoints(self.dirpath, self.resume_from)
+        for path in stale:
+            path.unlink()
+        if stale:
+            rank_zero_info(f"replaced {len(stale)} checkpoint(s) of an earlier run in {self.dirpath} "
+                           "(--ckpt_path last resumes a run instead)")
 
 
 def default_run_name(config_files: Sequence[Path], phase: str | None) -> str:
@@ -206,9 +276,10 @@ def _without_weight_loading(value: Any) -> Any:
 
 def build_task_from_config(model_config: Mapping[str, Any], for_checkpoint: bool = True) -> IFADITTask:
     """An :class:`IFADITTask` from a ``model`` section (as stored by :class:`ModelConfigCallback`, or a
-    recipe's, with short names allowed). ``for_checkpoint``: the weights will be loaded from a checkpoint
+    recipe's; registered short names work). ``for_checkpoint``: the weights will be loaded from a checkpoint
     next, so components skip their own pretrained-weight files and nothing is chained by ``init_from``."""
-    config = registry.expand_short_names({"model": _plain(dict(model_config))}, COMPONENT_GROUPS)["model"]
+    load_plugins()
+    config = _plain(dict(model_config))
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(IFADITTask, "model", fail_untyped=False, sub_configs=True)
 
@@ -233,7 +304,7 @@ class IfaditCLI(LightningCLI):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.config_files: list[Path] = []
+        load_plugins()
         kwargs.setdefault("model_class", IFADITTask)
         # any LightningDataModule via data.class_path; FaceDataModule when the config names none
         kwargs.setdefault("datamodule_class", LightningDataModule)
@@ -242,6 +313,10 @@ class IfaditCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"save_to_log_dir": False})
         kwargs.setdefault("trainer_defaults", default_trainer_settings())
         kwargs.setdefault("auto_configure_optimizers", False)  # the task has its own model.optimizer
+        kwargs.setdefault("parser_class", IfaditArgumentParser)
+        parser_kwargs = {"prog": "ifadit", **(kwargs.get("parser_kwargs") or {})}
+        parser_kwargs["fit"] = {"description": FIT_DESCRIPTION, **parser_kwargs.get("fit", {})}
+        kwargs["parser_kwargs"] = parser_kwargs
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -255,17 +330,6 @@ class IfaditCLI(LightningCLI):
         parser.add_lightning_class_args(ImageGridCallback, "image_grid")
         parser.set_defaults({"data": {"class_path": DEFAULT_DATAMODULE}})
 
-    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        if isinstance(args, dict | Namespace):
-            self.config = parser.parse_object(args)
-            return
-        argv = list(sys.argv[1:] if args is None else args)
-        try:
-            argv, self.config_files = expand_args(argv)
-        except ArgsError as exc:
-            parser.error(str(exc))
-        self.config = parser.parse_args(argv)
-
     def _active_config(self) -> Namespace:
         return self.config[self.subcommand] if self.subcommand else self.config
 
@@ -276,7 +340,8 @@ class IfaditCLI(LightningCLI):
         mlflow_loggers = [lg for lg in _logger_configs(config.trainer)
                           if str(lg.get("class_path", "")).endswith(".MLFlowLogger")]
         given_names = [lg.init_args.get("run_name") for lg in mlflow_loggers if lg.init_args.get("run_name")]
-        run_name = given_names[0] if given_names else default_run_name(self.config_files, config.model.phase)
+        run_name = (given_names[0] if given_names
+                    else default_run_name(config_files(config), config.model.phase))
         experiment = DEFAULT_EXPERIMENT
         for logger in reversed(mlflow_loggers):  # the first logger's experiment names the checkpoint folder
             init = logger.init_args
@@ -290,36 +355,51 @@ class IfaditCLI(LightningCLI):
             root_dir = config.trainer.get("default_root_dir")
             root = Path(root_dir) / "checkpoints" if root_dir else CHECKPOINT_ROOT
             config.checkpoint.dirpath = str(root / experiment / run_name)
-        if self.subcommand == "fit" and mlflow_loggers:
-            self._continue_mlflow_run(config, mlflow_loggers[0].init_args)
+        if self.subcommand == "fit":
+            if config.get("ckpt_path") == "last":
+                last = last_checkpoint(config.checkpoint.dirpath)
+                config.ckpt_path = str(last) if last else config.ckpt_path
+            if mlflow_loggers:
+                self._continue_mlflow_run(config, mlflow_loggers[0].init_args)
 
     @staticmethod
     def _continue_mlflow_run(config: Namespace, logger_args: Namespace) -> None:
         """``--ckpt_path`` resumes the MLflow run that wrote the checkpoint too, instead of a new run under
         the same name; an explicit ``run_id`` wins."""
         ckpt_path = config.get("ckpt_path")
-        if not ckpt_path or logger_args.get("run_id"):
+        if not ckpt_path or ckpt_path in ("last", "best", "hpc") or logger_args.get("run_id"):
             return
-        last = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
-        checkpoint = Path(config.checkpoint.dirpath) / last if ckpt_path == "last" else Path(ckpt_path)
-        run_id = run_to_resume(checkpoint, logger_args.tracking_uri)
+        run_id = run_to_resume(ckpt_path, logger_args.tracking_uri)
         if run_id:
             logger_args.run_id = run_id
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        """Adds the model-config writer (every checkpoint then rebuilds its model alone), and the
-        hyper-parameter logger and the learning-rate monitor when there is a logger."""
+        """Adds the model-config writer (every checkpoint then rebuilds its model alone), the run-folder
+        keeper of a fit, and the hyper-parameter logger and the learning-rate monitor when there is a
+        logger."""
+        config = self._active_config()
         trainer_config = self._get(self.config_init, "trainer", default={})
         callbacks: list[Callback] = list(trainer_config.get("callbacks") or [])
-        callbacks.append(ModelConfigCallback(self._active_config().model))
+        callbacks.append(ModelConfigCallback(config.model))
+        if self.subcommand == "fit" and config.checkpoint.get("dirpath"):
+            callbacks.append(FreshRunFolder(config.checkpoint.dirpath, config.get("ckpt_path")))
         if trainer_config.get("logger") is not False:
-            callbacks += [HyperparametersCallback(), MLflowRunInCheckpoint()]
+            params = run_params(config, COMPONENT_GROUPS)
+            callbacks += [HyperparametersCallback(params), MLflowRunInCheckpoint()]
             if not any(isinstance(cb, LearningRateMonitor) for cb in callbacks):
                 callbacks.append(LearningRateMonitor(logging_interval="step"))
         return super().instantiate_trainer(callbacks=callbacks, **kwargs)
 
+    def after_fit(self) -> None:
+        """Say where the run went: its checkpoints and its MLflow run."""
+        if not self.trainer.is_global_zero:
+            return
+        for line in fit_summary(self.trainer):
+            print(line)
+
 
 def default_trainer_settings() -> dict[str, Any]:
+    """The trainer settings a recipe starts from: the MLflow logger on the default store."""
     return {
         "logger": {
             "class_path": MLFLOW_LOGGER,

@@ -3,13 +3,18 @@
 Built-ins are registered in ifadit's own ``pyproject.toml`` under the same ``ifadit.<group>`` entry-point
 groups a third-party distribution uses, so there is exactly one road into the registry. Entry points are
 loaded lazily, one at a time, so a plugin that fails to import is reported and never takes the others down.
+
+ifadit's own names are lower case with hyphens (``arcface-irse50``), like the weights manifest's names.
+Lookups compare names in that form, so the underscore spelling (``arcface_irse50``, the older style) finds
+the same component, and so does a plugin's name in either spelling.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata as metadata
-from collections.abc import Mapping
+import inspect
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +57,34 @@ class BrokenPlugin:
 
 _loaded: dict[tuple[str, str], Any] = {}
 _broken: dict[tuple[str, str], BrokenPlugin] = {}
+_all_loaded: list[tuple[str, str, Any]] | None = None
+
+
+def canonical_name(name: str) -> str:
+    """The form names are compared in: lower case, hyphens (``ArcFace_IRSE50`` -> ``arcface-irse50``)."""
+    return name.strip().lower().replace("_", "-")
+
+
+def find_name(names: Iterable[str], name: str) -> str | None:
+    """The registered name among ``names`` that ``name`` spells (exactly, else in canonical form)."""
+    names = list(names)
+    if name in names:
+        return name
+    wanted = canonical_name(name)
+    return next((n for n in names if canonical_name(n) == wanted), None)
+
+
+class Names(dict):
+    """Registered names of a group; looking one up accepts the other spelling (``_`` for ``-``) too."""
+
+    def __missing__(self, key: object) -> Any:
+        found = find_name(self, key) if isinstance(key, str) else None
+        if found is None:
+            raise KeyError(key)
+        return self[found]
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(key) or (isinstance(key, str) and find_name(self, key) is not None)
 
 
 def _check_group(group: str) -> None:
@@ -63,24 +96,25 @@ def _entry_points(group: str) -> dict[str, tuple[metadata.EntryPoint, PluginInfo
     found: dict[str, tuple[metadata.EntryPoint, PluginInfo]] = {}
     for ep in metadata.entry_points(group=ENTRY_POINT_PREFIX + group):
         dist = ep.dist.name if ep.dist is not None else "<unknown>"
-        info = PluginInfo(group=group, name=ep.name, value=ep.value, distribution=dist)
-        if ep.name in found and found[ep.name][1].distribution != dist:
+        name = ep.name
+        info = PluginInfo(group=group, name=name, value=ep.value, distribution=dist)
+        if name in found and found[name][1].distribution != dist:
             # Two distributions claim one name: ifadit's own built-in keeps it, the clash is reported.
-            other = found[ep.name][1]
+            other = found[name][1]
             keep, drop = (other, info) if other.distribution == "ifadit" else (info, other)
-            _broken[(group, ep.name)] = BrokenPlugin(
-                drop, f"NameClash: {ep.name!r} is also registered by {keep.distribution!r}, which is used"
+            _broken[(group, name)] = BrokenPlugin(
+                drop, f"NameClash: {name!r} is also registered by {keep.distribution!r}, which is used"
             )
             if keep is other:
                 continue
-        found[ep.name] = (ep, info)
+        found[name] = (ep, info)
     return found
 
 
-def available(group: str) -> dict[str, PluginInfo]:
+def available(group: str) -> Names:
     """Registered names of a group (without importing them)."""
     _check_group(group)
-    return {name: info for name, (_, info) in sorted(_entry_points(group).items())}
+    return Names({name: info for name, (_, info) in sorted(_entry_points(group).items())})
 
 
 def get(group: str, name: str) -> Any:
@@ -90,6 +124,10 @@ def get(group: str, name: str) -> Any:
     if key in _loaded:
         return _loaded[key]
     entries = _entry_points(group)
+    name = find_name(entries, name) or name
+    key = (group, name)
+    if key in _loaded:
+        return _loaded[key]
     if name not in entries:
         names = ", ".join(sorted(entries)) or "(none)"
         raise RegistryError(f"no {group} component named {name!r}; available: {names}")
@@ -120,6 +158,26 @@ def load_all(group: str) -> tuple[dict[str, Any], list[BrokenPlugin]]:
     return loaded, broken
 
 
+def loaded_components() -> list[tuple[str, str, Any]]:
+    """``(group, name, object)`` of every plugin of every group that imports, imported once per process
+    (until :func:`clear_cache`)."""
+    global _all_loaded
+    if _all_loaded is None:
+        _all_loaded = [(g, n, obj) for g in GROUPS for n, obj in load_all(g)[0].items()]
+    return _all_loaded
+
+
+def subclass_choices(base: type | tuple[type, ...]) -> dict[str, list[type]]:
+    """Registered names (any group) whose class is a subclass of ``base``, with the classes they name: the
+    names a typed argument accepts (one name may stand for several classes of different groups)."""
+    bases = tuple(c for c in (base if isinstance(base, tuple) else (base,)) if inspect.isclass(c))
+    choices: dict[str, list[type]] = {}
+    for _group, name, obj in loaded_components() if bases else []:
+        if inspect.isclass(obj) and issubclass(obj, bases) and obj not in choices.get(name, []):
+            choices.setdefault(name, []).append(obj)
+    return choices
+
+
 def name_of(group: str, cls: type) -> str | None:
     """The registered short name of a class, if it is registered in ``group``."""
     target = f"{cls.__module__}:{cls.__qualname__}"
@@ -133,6 +191,7 @@ def class_path(group: str, name: str) -> str:
     """The dotted import path (``module.Class``) of a registered name, as jsonargparse expects it."""
     _check_group(group)
     entries = _entry_points(group)
+    name = find_name(entries, name) or name
     if name not in entries:
         names = ", ".join(sorted(entries)) or "(none)"
         raise RegistryError(f"no {group} component named {name!r}; available: {names}")
@@ -197,5 +256,7 @@ def instantiate(group: str, spec: Any) -> Any:
 
 def clear_cache() -> None:
     """Forget imported plugins (used by tests that install or break plugins at run time)."""
+    global _all_loaded
+    _all_loaded = None
     _loaded.clear()
     _broken.clear()

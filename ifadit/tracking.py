@@ -9,6 +9,7 @@ keyed by a user secret is ever logged here: training draws random keys, validati
 from __future__ import annotations
 
 import fcntl
+import inspect
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
@@ -19,11 +20,14 @@ import lightning as L
 import mlflow
 import numpy as np
 import torch
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from ifadit import registry
 from ifadit.weights import WeightsError, load_checkpoint
 
 DEFAULT_TRACKING_URI = "sqlite:///outputs/mlflow.db"
@@ -35,6 +39,8 @@ MAX_PARAM_KEY_LENGTH = 250  # mlflow's limit on parameter names
 MAX_PARAM_VALUE_LENGTH = 250  # where Lightning's MLFlowLogger cuts parameter values
 # Checkpoint entry naming the MLflow run that wrote it: ``--ckpt_path`` continues that run.
 MLFLOW_RUN_KEY = "ifadit_mlflow_run_id"
+# Checkpoint entry holding the logging step of the next batch, so a resumed fit's metrics follow on.
+LOGGER_STEP_KEY = "ifadit_logger_step"
 
 
 def mlflow_uri_default() -> str:
@@ -100,7 +106,21 @@ def local_log_dir(trainer: L.Trainer) -> Path:
 
 class MLflowRunInCheckpoint(L.Callback):
     """Writes the MLflow run id into every checkpoint, so a fit resumed from it logs into the same run
-    (see :func:`run_to_resume`). A run id is an opaque store name: nothing secret."""
+    (see :func:`run_to_resume`), and the logging step the next batch takes, so the resumed metrics go on at
+    the step after the last one logged. Lightning re-derives that step when it restores a checkpoint and
+    is one too far for a checkpoint written at the end of an epoch; the stored step sets it right. A run id
+    is an opaque store name: nothing secret."""
+
+    def __init__(self) -> None:
+        self.next_step: int | None = None  # the logging step of the batch after the last one trained
+        self.resume_step: int | None = None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loop = trainer.fit_loop.epoch_loop
+        # called before Lightning counts this batch's optimizer step (it does not count accumulating ones)
+        self.next_step = loop._batches_that_stepped + (0 if loop._should_accumulate() else 1)
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -109,6 +129,21 @@ class MLflowRunInCheckpoint(L.Callback):
         run_id = logger.run_id if logger is not None and trainer.is_global_zero else None
         if run_id:
             checkpoint[MLFLOW_RUN_KEY] = run_id
+        if self.next_step is not None:
+            checkpoint[LOGGER_STEP_KEY] = self.next_step
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        step = checkpoint.get(LOGGER_STEP_KEY)
+        self.resume_step = step if isinstance(step, int) else None
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.resume_step is not None:  # the first batch after a restore: Lightning's loops are reset
+            trainer.fit_loop.epoch_loop._batches_that_stepped = self.resume_step
+            self.resume_step = None
 
 
 def run_to_resume(checkpoint: str | Path, tracking_uri: str) -> str | None:
@@ -198,10 +233,12 @@ class HyperparametersCallback(L.Callback):
     Lightning's own logging sends the copy taken inside ``save_hyperparameters``, which misses what the
     task adds afterwards (the ``losses`` and ``optimizer`` dataclasses, a ``num_identities`` read from the
     data in ``setup``); the CLI turns that off (``enable_autolog_hparams: false``) and uses this instead.
-    Loggers run on rank 0 only and truncate long values themselves.
+    Loggers run on rank 0 only and truncate long values themselves. ``extra``: run-level params the module
+    does not hold (the CLI's component names, seed and trainer settings, :func:`run_params`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, extra: Mapping[str, Any] | None = None) -> None:
+        self.extra = dict(extra or {})
         self.logged = False
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -210,7 +247,7 @@ class HyperparametersCallback(L.Callback):
         self.logged = True
         if not trainer.is_global_zero:  # loggers write on rank 0 only
             return
-        params = flatten_params(dict(pl_module.hparams))
+        params = {**self.extra, **flatten_params(dict(pl_module.hparams))}
         if trainer.datamodule is not None and getattr(trainer.datamodule, "hparams", None):
             params.update(flatten_params(dict(trainer.datamodule.hparams), "data."))
         for logger in trainer.loggers:
@@ -231,19 +268,121 @@ class HyperparametersCallback(L.Callback):
         self._log(trainer, pl_module)
 
 
+# -- MLflow params of a run --------------------------------------------------------------------------------
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def component_name(spec: Any, group: str) -> str:
+    """A component's registered name, else its class path; ``none`` when it is not set."""
+    if spec is None:
+        return "none"
+    class_path = str(spec.get("class_path", "")) if isinstance(spec, Namespace | Mapping) else str(spec)
+    module, _, attr = class_path.rpartition(".")
+    try:
+        cls = getattr(__import__(module, fromlist=[attr]), attr)
+    except (ImportError, AttributeError, ValueError):
+        return class_path
+    if not inspect.isclass(cls):
+        return class_path
+    return registry.name_of(group, cls) or class_path
+
+
+def run_params(config: Namespace, groups: Mapping[str, str]) -> dict[str, Any]:
+    """What every run logs so runs can be filtered by it: each component (``groups``: model argument ->
+    registry group) by name (``flow: allinone``) with its scalar init args (``flow.num_blocks``), the data
+    module, the seed and the trainer settings. Config values only: a key is never part of a config."""
+    params: dict[str, Any] = {}
+    model = config.get("model") or Namespace()
+    for key, group in groups.items():
+        spec = model.get(key)
+        params[key] = component_name(spec, group)
+        init = spec.get("init_args") if isinstance(spec, Namespace) else None
+        for arg, value in (init.items() if isinstance(init, Namespace) else []):
+            if isinstance(value, _SCALARS) and "." not in arg:
+                params[f"{key}.{arg}"] = value
+    data = config.get("data")
+    if isinstance(data, Namespace):
+        params["data"] = str(data.get("class_path"))
+    params["seed"] = config.get("seed_everything")
+    for arg, value in (config.get("trainer") or Namespace()).items():
+        if isinstance(value, _SCALARS) and "." not in arg:
+            params[f"trainer.{arg}"] = value
+    return params
+
+
+def fit_summary(trainer: L.Trainer) -> list[str]:
+    """Lines naming a finished fit's checkpoints and MLflow run (paths, URI, run id): nothing secret."""
+    lines = []
+    checkpoint = trainer.checkpoint_callback
+    if isinstance(checkpoint, ModelCheckpoint) and (checkpoint.last_model_path or checkpoint.best_model_path):
+        lines.append(f"checkpoints: {checkpoint.dirpath}")
+        for what, path in (("last", checkpoint.last_model_path), ("best", checkpoint.best_model_path)):
+            if path:
+                lines.append(f"  {what}: {path}")
+    logger = find_mlflow_logger(trainer)
+    if logger is not None and logger.run_id:
+        uri = getattr(logger, "_tracking_uri", None) or mlflow_uri_default()
+        experiment = getattr(logger, "_experiment_name", None) or logger.experiment_id
+        lines.append(f"MLflow run: {logger.run_id} (experiment {experiment!r}, store {uri})")
+        lines.append(f"  browse: mlflow ui --backend-store-uri {uri}")
+    return lines
+
+
 def grid_to_uint8(grid: Tensor) -> np.ndarray:
     """A (3, H, W) image in [0, 1] as an (H, W, 3) uint8 array, as PNG writers want it."""
     return grid.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-class ImageGridCallback(L.Callback):
-    """Logs ``pl_module.sample_grid(images)`` as ``samples/step_000123.png`` every ``every_n_steps`` training
-    steps and as ``samples/val_step_000123.png`` at the end of every validation epoch.
+GRID_PADDING = 2  # pixels between the faces of a grid, and around it
+LABEL_HEIGHT = 14  # the strip above a labelled grid (Pillow's default bitmap font is about 11 px high)
 
-    The images are the first validation batch, kept from the first validation run so that grids are
-    comparable over the whole run; until one exists the current training batch is used. Only rank 0
-    renders and logs. A module whose ``sample_grid`` returns None (the recognizer phase) logs nothing.
+
+def labelled_grid(columns: Mapping[str, Tensor], padding: int = GRID_PADDING) -> np.ndarray:
+    """One face per row and column, each column's label written above it: (H, W, 3) uint8.
+
+    ``columns``: label -> (N, 3, h, w) images in [-1, 1], all of one shape. A label wider than its column is
+    cut at the column's edge, so that it never reads as the next column's."""
+    from PIL import Image, ImageDraw
+    from torchvision.utils import make_grid
+
+    labels, images = list(columns), list(columns.values())
+    if not images or any(img.shape != images[0].shape for img in images):
+        raise ValueError("sample columns must be a non-empty mapping of equally shaped image batches")
+    rows = torch.stack([img.detach().float().cpu() for img in images], dim=1).flatten(0, 1)
+    grid = make_grid((rows.clamp(-1, 1) + 1) / 2, nrow=len(images), padding=padding)
+    body = Image.fromarray(grid_to_uint8(grid))
+    canvas = Image.new("RGB", (body.width, body.height + LABEL_HEIGHT), "white")
+    canvas.paste(body, (0, LABEL_HEIGHT))
+    cell = images[0].shape[-1] + padding
+    for i, label in enumerate(labels):
+        left = padding + i * cell
+        strip = Image.new("RGB", (cell - padding, LABEL_HEIGHT), "white")
+        ImageDraw.Draw(strip).text((1, 1), label, fill="black")
+        canvas.paste(strip, (left, 0))
+    return np.asarray(canvas)
+
+
+class ImageGridCallback(L.Callback):
+    """Logs sample grids of the module as MLflow images under one key per kind, stepped by the global step
+    (the MLflow UI's step slider walks through them): ``samples/train`` every ``every_n_steps`` training
+    steps, ``samples/val`` at the end of every validation epoch.
+
+    The grid is composed here from ``pl_module.sample_columns(images)`` (ordered label -> images in
+    [-1, 1]; None: nothing to show, as in the recognizer phase), one face per row, labels above the
+    columns. A module with only ``sample_grid(images)`` (a ready (3, H, W) image in [0, 1]) is logged
+    as it is. The images are the first validation batch, kept from the first validation run so grids stay
+    comparable over the run; until one exists the current training batch is used. Only rank 0 renders and
+    logs. Without an MLflow logger the grids go to ``samples/<key>_step_000123.png`` in the run's folder.
+
+    Args:
+        every_n_steps: log a grid every this many training steps (0: only at validation).
+        num_images: faces (rows) per grid.
+        on_validation: also log a grid at the end of every validation epoch.
     """
+
+    TRAIN_KEY = "samples/train"
+    VAL_KEY = "samples/val"
 
     def __init__(self, every_n_steps: int = 500, num_images: int = 8, on_validation: bool = True) -> None:
         super().__init__()
@@ -253,7 +392,7 @@ class ImageGridCallback(L.Callback):
         self.num_images = num_images
         self.on_validation = on_validation
         self.fixed_images: Tensor | None = None
-        self.logged: set[str] = set()
+        self.logged: set[tuple[str, int]] = set()
 
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
@@ -264,7 +403,7 @@ class ImageGridCallback(L.Callback):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.on_validation and not trainer.sanity_checking and self.fixed_images is not None:
-            self.log_grid(trainer, pl_module, self.fixed_images, prefix="val_")
+            self.log_grid(trainer, pl_module, self.fixed_images, key=self.VAL_KEY)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -274,27 +413,37 @@ class ImageGridCallback(L.Callback):
             images = self.fixed_images if self.fixed_images is not None else batch["image"][: self.num_images]
             self.log_grid(trainer, pl_module, images)
 
-    def log_grid(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, images: Tensor, prefix: str = ""
-    ) -> str | None:
-        """Render and store one grid; returns its artifact name (None on other ranks, without a grid, or
-        when this step's grid is already stored)."""
-        name = f"{SAMPLES_DIR}/{prefix}step_{trainer.global_step:06d}.png"
-        if not trainer.is_global_zero or name in self.logged:
-            return None
+    @staticmethod
+    def render(pl_module: L.LightningModule, images: Tensor) -> np.ndarray | None:
+        """The module's grid for ``images`` as (H, W, 3) uint8, or None when it has none."""
+        images = images.to(pl_module.device)
+        sample_columns = getattr(pl_module, "sample_columns", None)
+        if callable(sample_columns):
+            columns = sample_columns(images)
+            return None if columns is None else labelled_grid(columns)
         sample_grid = getattr(pl_module, "sample_grid", None)
-        grid = sample_grid(images.to(pl_module.device)) if callable(sample_grid) else None
-        if grid is None:
+        grid = sample_grid(images) if callable(sample_grid) else None
+        return None if grid is None else grid_to_uint8(grid)
+
+    def log_grid(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, images: Tensor, key: str = TRAIN_KEY
+    ) -> tuple[str, int] | None:
+        """Render and log one grid; returns its (key, step) (None on other ranks, without a grid, or when
+        this step's grid under this key is already logged)."""
+        entry = (key, trainer.global_step)
+        if not trainer.is_global_zero or entry in self.logged:
             return None
-        pixels = grid_to_uint8(grid)
+        pixels = self.render(pl_module, images)
+        if pixels is None:
+            return None
         logger = find_mlflow_logger(trainer)
         if logger is not None:
-            logger.experiment.log_image(logger.run_id, pixels, artifact_file=name)
+            logger.experiment.log_image(logger.run_id, pixels, key=key, step=trainer.global_step)
         else:
             from PIL import Image
 
-            path = local_log_dir(trainer) / name
+            path = local_log_dir(trainer) / SAMPLES_DIR / f"{key.rsplit('/', 1)[-1]}_step_{entry[1]:06d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(path)
-        self.logged.add(name)
-        return name
+        self.logged.add(entry)
+        return entry

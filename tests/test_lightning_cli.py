@@ -1,4 +1,4 @@
-"""``ifadit fit|validate|...``: every recipe parses, every phase trains on the CPU (chained through
+"""``ifadit fit|validate|...``: every phase trains on the CPU (chained through
 ``init_from``), MLflow receives params, metrics, the config and sample grids, no key material reaches any
 output, a SIGKILLed run resumes from ``--ckpt_path last``, and ``strategy: ddp`` runs as two CPU processes.
 
@@ -22,22 +22,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from lightning.pytorch import LightningDataModule
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from ifadit import cli
 from ifadit.keys import SecretKey
-from ifadit.lightning_cli import ArgsError, IfaditCLI, cli_main, default_run_name, expand_args
-from ifadit.task import PHASES, IFADITTask
+from ifadit.lightning_cli import cli_main
+from ifadit.task import IFADITTask
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "tests" / "conf"
-# YAML files under recipes/ that are not LightningCLI recipes (the flow demo reads its own format).
-DEMO_CONFIGS = {"recipes/quickstart/flow_demo.yaml"}
-# Recipes whose components need pretrained weights that are not available offline: these are parsed
-# (class paths import, argument names and types check out) but not instantiated.
-PARSE_ONLY_PREFIXES = ("recipes/ffhq256/",)
 # Chained fits: phase -> the phase whose last checkpoint it starts from.
 CHAIN = {"recognizer": None, "disentangle": "recognizer", "flow": "disentangle", "compensator": "flow"}
 TRAIN_STEPS = 2  # trainer.max_steps in tests/conf
@@ -70,114 +64,6 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 # -- arguments ------------------------------------------------------------------------------------------
-
-
-def test_short_names_are_expanded_in_config_files_and_on_the_command_line(tmp_path: Path) -> None:
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        "model:\n"
-        "  flow: {class_path: glow, init_args: {dim: 8, cond_dim: 8, num_blocks: 1}}\n"
-        "  identity_encoder: {class_path: timm}\n"
-        "  attribute_encoder: {class_path: timm}\n"
-        "  compensator: {class_path: compensator}\n"
-        "  generator: {class_path: some.module.Custom}\n"
-        "data: {root: data/relative}\n"
-    )
-    args, files = expand_args(["fit", "--config", str(config), "--model.key_scheme", "bits",
-                               "--model.mapper.class_path=latent", "--trainer.max_steps", "3"])
-    assert files == [config]
-    inline, no_files = expand_args(["-c", "{model: {flow: {class_path: realnvp}}}"])
-    assert no_files == [] and inline[0] == "-c"
-    assert yaml.safe_load(inline[1])["model"]["flow"] == {"class_path": "ifadit.flows.realnvp.RealNVPFlow"}
-    assert args[0] == "fit" and args[1] == "--config"
-    expanded = yaml.safe_load(args[2])
-    model = expanded["model"]
-    assert model["flow"]["class_path"] == "ifadit.flows.glow.GlowFlow"
-    assert model["flow"]["init_args"] == {"dim": 8, "cond_dim": 8, "num_blocks": 1}
-    # one short name, two groups: the parent key picks the group
-    assert model["identity_encoder"]["class_path"] == "ifadit.nets.timm_encoders.TimmIdentityEncoder"
-    assert model["attribute_encoder"]["class_path"] == "ifadit.nets.timm_encoders.TimmAttributeEncoder"
-    assert model["compensator"]["class_path"] == "ifadit.nets.mappers.CompensationMLP"
-    assert model["generator"]["class_path"] == "some.module.Custom"  # full paths pass through
-    assert expanded["data"]["root"] == "data/relative"  # relative paths stay relative to the CWD
-    assert args[3:] == ["--model.key_scheme", "ifadit.keys.schemes.BitsKeyScheme",
-                        "--model.mapper.class_path", "ifadit.nets.mappers.LatentMapper",
-                        "--trainer.max_steps", "3"]
-
-
-def test_bad_config_files_fail_with_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(ArgsError, match="cannot read config file"):
-        expand_args(["--config", str(tmp_path / "missing.yaml")])
-    unknown = tmp_path / "unknown.yaml"
-    unknown.write_text("model:\n  flow: {class_path: nosuchflow}\n")
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["fit", "--config", str(unknown)])
-    assert exit_info.value.code == 2
-    assert "no flows component named 'nosuchflow'" in capsys.readouterr().err
-
-
-def test_default_run_name_is_stable_per_recipe() -> None:
-    assert default_run_name([Path("recipes/synthfaces/flow.yaml")], "flow") == "synthfaces-flow"
-    assert default_run_name([Path("a.yaml"), CONF / "recognizer.yaml"], "recognizer") == "conf-recognizer"
-    assert default_run_name([], "joint") == "joint"
-
-
-def test_print_config_shows_resolved_class_paths(capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["fit", "--config", str(CONF / "flow.yaml"), "--print_config"])
-    assert exit_info.value.code == 0
-    printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["flow"]["class_path"] == "ifadit.flows.allinone.AllInOneFlow"
-    assert printed["trainer"]["logger"]["class_path"] == "lightning.pytorch.loggers.MLFlowLogger"
-    assert printed["checkpoint"]["monitor"] == "val/score" and printed["checkpoint"]["save_last"] is True
-
-
-# -- every recipe ------------------------------------------------------------------------------------------
-
-
-def _recipes() -> list[str]:
-    found = sorted(str(p.relative_to(REPO)) for p in (REPO / "recipes").rglob("*.yaml"))
-    tests_conf = sorted(str(p.relative_to(REPO)) for p in CONF.glob("*.yaml"))
-    return tests_conf + [r for r in found if r not in DEMO_CONFIGS]
-
-
-class _ParseOnlyCLI(IfaditCLI):
-    def before_instantiate_classes(self) -> None:
-        pass
-
-    def instantiate_classes(self) -> None:
-        pass
-
-
-def test_demo_configs_are_not_training_recipes() -> None:
-    from ifadit.demo import load_config
-
-    for name in DEMO_CONFIGS:
-        assert "flow" in load_config(REPO / name) and "model" not in yaml.safe_load((REPO / name).read_text())
-
-
-@pytest.mark.parametrize("recipe", _recipes())
-def test_recipe_parses_and_builds(recipe: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every recipe parses; all but the pretrained-weight ones also build the model, data and trainer,
-    with ``init_from`` cleared (a chained recipe's previous checkpoint does not exist here)."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", _sqlite_uri(tmp_path))
-    path = str(REPO / recipe)
-    parsed = _ParseOnlyCLI(args=["--config", path], run=False)
-    assert parsed.config.model.phase in PHASES
-    if recipe.startswith(PARSE_ONLY_PREFIXES):
-        return
-    built = cli_main(["--config", path, "--model.init_from", "null", "--trainer.logger", "false"], run=False)
-    assert isinstance(built.model, IFADITTask) and built.model.phase == parsed.config.model.phase
-    assert isinstance(built.datamodule, LightningDataModule)
-
-
-def test_any_datamodule_can_be_named_and_face_data_is_the_default() -> None:
-    base = ["--config", str(CONF / "recognizer.yaml"), "--trainer.logger", "false"]
-    default = cli_main(base, run=False)
-    assert type(default.datamodule).__name__ == "FaceDataModule" and default.datamodule.size == 32
-    other = cli_main([*base, "--data.class_path", "lightning.pytorch.demos.boring_classes.BoringDataModule"],
-                     run=False)
-    assert type(other.datamodule).__name__ == "BoringDataModule"
 
 
 # -- the phases, chained through init_from, against a real MLflow store ------------------------------------
@@ -291,9 +177,9 @@ def test_score_judges_a_flow_checkpoint_with_another_recognizer(chain: ChainRun,
     out = chain.work / "outputs" / "score"
     args = [
         "score", "--config", str(CONF / "flow.yaml"),
-        "--ckpt", str(_run_checkpoint_dir(chain.work, "flow") / "last.ckpt"),
-        "--judge-config", str(CONF / "recognizer.yaml"),
-        "--judge-ckpt", str(_run_checkpoint_dir(chain.work, "recognizer") / "last.ckpt"),
+        "--ckpt_path", str(_run_checkpoint_dir(chain.work, "flow") / "last.ckpt"),
+        "--judge_config", str(CONF / "recognizer.yaml"),
+        "--judge_ckpt_path", str(_run_checkpoint_dir(chain.work, "recognizer") / "last.ckpt"),
         "--key", str(chain.key_file), "--out", str(out), "--split", "val",
     ]
     with pytest.MonkeyPatch.context() as mp:
@@ -312,8 +198,8 @@ def test_score_judges_a_flow_checkpoint_with_another_recognizer(chain: ChainRun,
 def test_keygen_checks_candidate_keys_on_the_trained_model(
     chain: ChainRun, synth_root: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """``keygen --check-ckpt``: candidates are tried on the recipe's validation faces, the one written is a
-    real key file, and neither its secret nor a rejected one's reaches the output."""
+    """``keygen --config --ckpt_path``: candidates are tried on the recipe's validation faces, the one
+    written is a real key file, and neither its secret nor a rejected one's reaches the output."""
     drawn: list[SecretKey] = []
     real_generate = SecretKey.generate
 
@@ -322,9 +208,9 @@ def test_keygen_checks_candidate_keys_on_the_trained_model(
         return drawn[-1]
 
     compensator = _run_checkpoint_dir(chain.work, "compensator") / "last.ckpt"
-    args = ["keygen", str(tmp_path / "checked.key"), "--check-config", str(CONF / "compensator.yaml"),
-            "--check-ckpt", str(compensator), "--candidates", "3", "--max-anonymized", "1",
-            "--check-images", "4"]
+    args = ["keygen", str(tmp_path / "checked.key"), "--config", str(CONF / "compensator.yaml"),
+            "--ckpt_path", str(compensator), "--candidates", "3", "--max_anonymized", "1",
+            "--check_images", "4"]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path)  # the recipe's data root is relative: its tiny SynthFaces render here
         mp.setattr(SecretKey, "generate", staticmethod(recorded))
@@ -338,38 +224,14 @@ def test_keygen_checks_candidate_keys_on_the_trained_model(
         for needle in (material.hex(), base64.b64encode(material).decode()):
             assert needle not in out
     # every drawn key weak: a one-line error, and no key file
-    weak = [*args[:1], str(tmp_path / "weak.key"), *args[2:-3], "-1", "--check-images", "4",
-            "--max-draws", "4"]
+    weak = [*args[:1], str(tmp_path / "weak.key"), *args[2:-3], "-1", "--check_images", "4",
+            "--max_draws", "4"]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path)
         assert cli.main(weak) == 2
     err = capsys.readouterr().err.strip()
     assert "only 0 of 4 drawn keys anonymize" in err and "\n" not in err
     assert not (tmp_path / "weak.key").exists()
-
-
-def test_a_subspace_flow_trains_and_its_checkpoint_rebuilds_the_model(
-    chain: ChainRun, synth_root: str
-) -> None:
-    """The flow in the principal identity subspace, fitted when phase 2 starts, saved, and rebuilt from the
-    checkpoint alone (its stored config) with the same outputs."""
-    from ifadit import Anonymizer
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(chain.work)
-        args = ["fit", "--config", str(CONF / "flow_subspace.yaml"), "--data.root", synth_root,
-                "--model.init_from", str(_run_checkpoint_dir(chain.work, "disentangle") / "last.ckpt"),
-                "--trainer.logger", "false"]
-        fitted = cli_main(args)
-    flow = fitted.model.model.flow
-    assert bool(flow.subspace.fitted) and flow.dim == 64 and flow.flow.dim == 8
-    checkpoint = chain.work / "outputs" / "checkpoints" / "ifadit" / "conf-flow_subspace" / "last.ckpt"
-    rebuilt = Anonymizer.from_checkpoint(checkpoint).model
-    z = torch.nn.functional.normalize(torch.randn(3, 64), dim=1)
-    cond = rebuilt.key_scheme(SecretKey.load(chain.key_file), batch_size=3)
-    with torch.no_grad():
-        torch.testing.assert_close(rebuilt.flow(z, cond)[0], flow.cpu().eval()(z, cond)[0])
-        torch.testing.assert_close(rebuilt.flow.inverse(rebuilt.flow(z, cond)[0], cond), z)
 
 
 def _runs_by_name(work: Path) -> dict[str, object]:
@@ -402,27 +264,54 @@ def test_mlflow_run_has_params_metrics_config_and_sample_grids(chain: ChainRun) 
     assert {"val/same_id_cos", "val/diff_id_cos"} <= set(runs["conf-recognizer"].data.metrics)
     flow = runs["conf-flow"]
     assert flow.data.params["losses.image"] == "0.3"
+    # runs can be filtered by their components (registered names), seed and trainer settings
+    assert {k: flow.data.params[k] for k in ("flow", "key_scheme", "identity_encoder", "compensator")} == {
+        "flow": "allinone", "key_scheme": "mapping", "identity_encoder": "timm", "compensator": "compensator"}
+    assert flow.data.params["flow.num_blocks"] == "2" and flow.data.params["discriminator"] == "none"
+    assert flow.data.params["seed"] == "0" and flow.data.params["trainer.max_steps"] == str(TRAIN_STEPS)
+    experiment = client.get_experiment_by_name("ifadit").experiment_id
+    by_flow = client.search_runs([experiment], "params.flow = 'allinone'")
+    assert {r.info.run_name for r in by_flow} == {"conf-flow", "conf-compensator"}
     assert {"val/anon_id_cos", "val/recovered_id_cos", "val/wrong_key_id_cos"} <= set(flow.data.metrics)
 
 
+def _logged_images(client: MlflowClient, run_id: str) -> list[tuple[str, int, str]]:
+    """(key, step, artifact path) of the full-size images a run logged with ``log_image(key=, step=)``."""
+    found = []
+    for artifact in client.list_artifacts(run_id, "images"):
+        name = artifact.path.rsplit("/", 1)[-1]
+        if name.endswith(".png") and "+compressed" not in name:
+            key, _, step, *_ = name.split("+")
+            found.append((key.replace("~", "/"), int(step), artifact.path))
+    return sorted(found)
+
+
 @pytest.mark.parametrize(("phase", "columns"), [("disentangle", 2), ("flow", 5)])
-def test_sample_grids_are_pngs_of_the_expected_layout(chain: ChainRun, phase: str, columns: int) -> None:
+def test_sample_grids_are_stepped_images_of_the_expected_layout(
+    chain: ChainRun, phase: str, columns: int
+) -> None:
+    from ifadit.tracking import LABEL_HEIGHT
+
     client = MlflowClient(_sqlite_uri(chain.work))
     run = _runs_by_name(chain.work)[f"conf-{phase}"]
-    names = sorted(a.path for a in client.list_artifacts(run.info.run_id, "samples"))
-    # every training step (image_grid.every_n_steps: 1) and the validation at the end
-    assert names == ["samples/step_000001.png", "samples/step_000002.png", "samples/val_step_000002.png"]
-    local = Path(client.download_artifacts(run.info.run_id, names[-1], str(chain.work / "dl" / phase)))
+    images = _logged_images(client, run.info.run_id)
+    # every training step (image_grid.every_n_steps: 1) and the validation at the end, under two keys
+    assert [(key, step) for key, step, _ in images] == [
+        ("samples/train", 1), ("samples/train", 2), ("samples/val", 2)]
+    local = Path(client.download_artifacts(run.info.run_id, images[-1][2], str(chain.work / "dl" / phase)))
+    labelled = hasattr(IFADITTask, "sample_columns")  # labels drawn above the columns by the callback
     with Image.open(local) as image:
         rows, side, pad = 4, 32, 2  # val_sample_count rows of 32 px faces, make_grid's padding
         assert image.format == "PNG" and image.mode == "RGB"
-        assert image.size == (pad + columns * (side + pad), pad + rows * (side + pad))
+        header = LABEL_HEIGHT if labelled else 0
+        assert image.size == (pad + columns * (side + pad), header + pad + rows * (side + pad))
 
 
 def test_runs_without_a_grid_log_no_samples(chain: ChainRun) -> None:
     client = MlflowClient(_sqlite_uri(chain.work))
     run = _runs_by_name(chain.work)["conf-recognizer"]
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["config.yaml"]
+    assert _logged_images(client, run.info.run_id) == []
 
 
 def test_no_key_material_reaches_any_output(chain: ChainRun) -> None:
@@ -506,3 +395,33 @@ def test_ddp_runs_as_two_cpu_processes(tmp_path: Path, synth_root: str) -> None:
     assert result.returncode == 0, output[-4000:]
     assert "distributed_backend=gloo" in output
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in output and "GLOBAL_RANK: 1, MEMBER: 2/2" in output
+
+
+def test_a_rerun_replaces_the_earlier_run_and_resume_continues_its_own_run(
+    tmp_path: Path, synth_root: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A second fresh fit of one recipe owns the run folder (its own last.ckpt, no last-v1.ckpt beside the
+    first run's), so ``init_from .../last.ckpt`` chains from it, and ``--ckpt_path last`` restores it and
+    goes on logging into its MLflow run, at the steps after the checkpoint's."""
+    from ifadit.tracking import MLFLOW_RUN_KEY
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", _sqlite_uri(tmp_path))
+    common = ["fit", "--config", str(CONF / "recognizer.yaml"), "--data.root", synth_root,
+              "--trainer.enable_progress_bar", "false"]
+    first = cli_main(common).trainer.logger.run_id
+    second = cli_main(common).trainer.logger.run_id
+    assert first != second
+    folder = _run_checkpoint_dir(tmp_path, "recognizer")
+    assert sorted(p.name for p in folder.glob("last*.ckpt")) == ["last.ckpt"]
+    assert _checkpoint(folder / "last.ckpt")[MLFLOW_RUN_KEY] == second
+
+    capsys.readouterr()
+    resumed = cli_main([*common, "--trainer.max_steps", str(TRAIN_STEPS + 2), "--ckpt_path", "last"])
+    assert resumed.trainer.logger.run_id == second
+    out = capsys.readouterr().out  # the fit says where it went
+    assert f"last: {folder.resolve() / 'last.ckpt'}" in out and f"MLflow run: {second}" in out
+    assert resumed.trainer.global_step == TRAIN_STEPS + 2
+    client = MlflowClient(_sqlite_uri(tmp_path))
+    steps = sorted(m.step for m in client.get_metric_history(second, "train/loss"))
+    assert steps == list(range(TRAIN_STEPS + 2))
+    assert sorted(m.step for m in client.get_metric_history(first, "train/loss")) == list(range(TRAIN_STEPS))

@@ -65,3 +65,27 @@ def test_short_names_in_a_yaml_recipe():
 def test_instantiate_rejects_a_spec_without_a_target():
     with pytest.raises(registry.RegistryError, match="class_path"):
         registry.instantiate("flows", {"init_args": {}})
+
+
+def test_one_naming_style_and_the_underscore_spelling_still_finds_a_name():
+    ours = [info.name for group in registry.GROUPS for info in registry.available(group).values()
+            if info.distribution == "ifadit"]
+    assert "arcface-irse50" in registry.available("identity_encoders")
+    assert ours and all(name == registry.canonical_name(name) for name in ours)
+    arcface = registry.get("identity_encoders", "arcface-irse50")
+    assert registry.get("identity_encoders", "arcface_irse50") is arcface
+    assert registry.available("recognizers")["facenet_casia"].name == "facenet-casia"
+    assert "facenet_casia" in registry.available("recognizers")
+    assert registry.class_path("identity_encoders", "ArcFace_IRSE50").endswith("ArcFaceEncoder")
+
+
+def test_subclass_choices_pick_the_class_a_typed_argument_accepts():
+    from ifadit.nets import AttributeEncoder, Generator, IdentityEncoder
+
+    identity = registry.subclass_choices(IdentityEncoder)
+    attribute = registry.subclass_choices(AttributeEncoder)
+    assert [c.__name__ for c in identity["timm"]] == ["TimmIdentityEncoder"]
+    assert [c.__name__ for c in attribute["timm"]] == ["TimmAttributeEncoder"]
+    generators = registry.subclass_choices(Generator)
+    assert set(generators) == {"stylegan2"} and "glow" not in generators
+    assert set(registry.subclass_choices(KeyedFlow)) == set(registry.available("flows"))

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torchvision
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
@@ -22,6 +23,8 @@ from torch.utils.data import DataLoader
 
 from ifadit.tracking import (
     DEFAULT_TRACKING_URI,
+    GRID_PADDING,
+    LABEL_HEIGHT,
     MAX_PARAM_KEY_LENGTH,
     MLFLOW_RUN_KEY,
     HyperparametersCallback,
@@ -31,8 +34,10 @@ from ifadit.tracking import (
     default_artifact_location,
     flatten_params,
     grid_to_uint8,
+    labelled_grid,
     mlflow_uri_default,
     prepare_tracking_uri,
+    run_params,
     run_to_resume,
     sqlite_path,
 )
@@ -68,7 +73,8 @@ class Weights:
 
 
 class GridModule(L.LightningModule):
-    """Records the images each ``sample_grid`` call received; the grid is the images themselves."""
+    """Records the images each ``sample_columns`` call received; the columns are the images and their
+    negatives."""
 
     def __init__(self, width: int = 3, with_grid: bool = True) -> None:
         super().__init__()
@@ -92,10 +98,20 @@ class GridModule(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    def sample_grid(self, images: Tensor) -> Tensor | None:
+    def sample_columns(self, images: Tensor) -> dict[str, Tensor] | None:
         self.grid_inputs.append(images.detach().cpu().clone())
         if not self.with_grid:
             return None
+        return {"original": images, "negated": -images}
+
+
+class ReadyGridModule(GridModule):
+    """A module that renders its grid itself (``sample_grid``), as modules did before ``sample_columns``."""
+
+    sample_columns = None
+
+    def sample_grid(self, images: Tensor) -> Tensor:
+        self.grid_inputs.append(images.detach().cpu().clone())
         return torchvision.utils.make_grid((images + 1) / 2, nrow=2, padding=2)
 
 
@@ -164,23 +180,71 @@ def test_flatten_params_uses_cli_style_names_within_mlflow_limits() -> None:
 # -- callbacks ---------------------------------------------------------------------------------------------
 
 
-def test_image_grids_go_to_mlflow_from_the_fixed_validation_batch(tmp_path: Path, store: str) -> None:
+def _logged_images(client: MlflowClient, run_id: str) -> dict[tuple[str, int], str]:
+    """(key, step) -> artifact path of the full-size images logged with ``log_image(key=, step=)``."""
+    found = {}
+    for artifact in client.list_artifacts(run_id, "images"):
+        name = artifact.path.rsplit("/", 1)[-1]
+        if name.endswith(".png") and "+compressed" not in name:
+            key, _, step, *_ = name.split("+")
+            found[(key.replace("~", "/"), int(step))] = artifact.path
+    return found
+
+
+def test_image_grids_are_stepped_mlflow_images_from_the_fixed_validation_batch(
+    tmp_path: Path, store: str
+) -> None:
     """2 steps per epoch, 2 epochs, a grid every 3 steps: validation grids at steps 2 and 4, a training
-    grid at step 3 — all three drawn from the first validation batch."""
+    grid at step 3 — all three drawn from the first validation batch, under one key per kind."""
     logger = _mlflow_logger(store, "grids", "grids")
     grids = ImageGridCallback(every_n_steps=3, num_images=2)
     module = GridModule()
     _trainer(tmp_path, logger, [grids]).fit(module, RandomFaces())
     client = MlflowClient(store)
-    names = sorted(a.path for a in client.list_artifacts(logger.run_id, "samples"))
-    assert names == ["samples/step_000003.png", "samples/val_step_000002.png", "samples/val_step_000004.png"]
+    images = _logged_images(client, logger.run_id)
+    assert sorted(images) == [("samples/train", 3), ("samples/val", 2), ("samples/val", 4)]
     first_val_images = torch.stack([item["image"] for item in _faces(2, 2)])
     assert len(module.grid_inputs) == 3
-    for images in module.grid_inputs:
-        torch.testing.assert_close(images, first_val_images)
-    local = client.download_artifacts(logger.run_id, "samples/step_000003.png", str(tmp_path / "dl"))
-    expected = grid_to_uint8(torchvision.utils.make_grid((first_val_images + 1) / 2, nrow=2, padding=2))
+    for inputs in module.grid_inputs:
+        torch.testing.assert_close(inputs, first_val_images)
+    local = client.download_artifacts(logger.run_id, images[("samples/train", 3)], str(tmp_path / "dl"))
     with Image.open(local) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    # two columns (original | negated), a face per row, the labels in a strip above
+    rows = torch.stack([first_val_images, -first_val_images], dim=1).flatten(0, 1)
+    body = grid_to_uint8(torchvision.utils.make_grid((rows + 1) / 2, nrow=2, padding=GRID_PADDING))
+    np.testing.assert_array_equal(pixels[LABEL_HEIGHT:], body)
+    np.testing.assert_array_equal(pixels, labelled_grid({"original": first_val_images,
+                                                         "negated": -first_val_images}))
+    strip = pixels[:LABEL_HEIGHT]
+    side = first_val_images.shape[-1]
+    for column in range(2):  # some ink above each column, none across the gap between them
+        left = GRID_PADDING + column * (side + GRID_PADDING)
+        assert (strip[:, left:left + side] < 128).any()
+    assert (strip[:, side + GRID_PADDING:side + 2 * GRID_PADDING] == 255).all()
+
+
+def test_labels_differ_and_columns_must_match() -> None:
+    faces = torch.zeros(1, 3, 16, 16)
+    one = labelled_grid({"a": faces, "b": faces})
+    other = labelled_grid({"anonymized": faces, "b": faces})
+    assert one.shape == other.shape and (one[:LABEL_HEIGHT] != other[:LABEL_HEIGHT]).any()
+    np.testing.assert_array_equal(one[LABEL_HEIGHT:], other[LABEL_HEIGHT:])
+    with pytest.raises(ValueError, match="equally shaped"):
+        labelled_grid({"a": faces, "b": torch.zeros(2, 3, 16, 16)})
+
+
+def test_a_module_with_a_ready_grid_is_logged_as_it_is(tmp_path: Path, store: str) -> None:
+    logger = _mlflow_logger(store, "grids", "ready")
+    module = ReadyGridModule()
+    _trainer(tmp_path, logger, [ImageGridCallback(every_n_steps=0, num_images=2)], max_epochs=1).fit(
+        module, RandomFaces())
+    client = MlflowClient(store)
+    [(key, path)] = _logged_images(client, logger.run_id).items()
+    assert key == ("samples/val", 2)
+    first_val_images = torch.stack([item["image"] for item in _faces(2, 2)])
+    expected = grid_to_uint8(torchvision.utils.make_grid((first_val_images + 1) / 2, nrow=2, padding=2))
+    with Image.open(client.download_artifacts(logger.run_id, path, str(tmp_path / "dl"))) as image:
         np.testing.assert_array_equal(np.asarray(image.convert("RGB")), expected)
 
 
@@ -193,29 +257,51 @@ def test_training_grids_use_the_training_batch_until_validation_has_run(tmp_path
     torch.testing.assert_close(module.grid_inputs[0], train_images[:2])
     torch.testing.assert_close(module.grid_inputs[1], train_images[2:])
     # no MLflow logger: the PNGs go under the trainer's folder
-    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step_000001.png", "step_000002.png"]
+    files = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    assert files == ["train_step_000001.png", "train_step_000002.png"]
 
 
-def test_no_grid_means_no_artifact_and_other_ranks_render_nothing(tmp_path: Path, store: str) -> None:
+def test_no_grid_means_no_image_and_other_ranks_render_nothing(tmp_path: Path, store: str) -> None:
     logger = _mlflow_logger(store, "grids", "no-grid")
     module = GridModule(with_grid=False)
     _trainer(tmp_path, logger, [ImageGridCallback(every_n_steps=1)]).fit(module, RandomFaces())
     assert module.grid_inputs  # it was asked ...
-    assert MlflowClient(store).list_artifacts(logger.run_id, "samples") == []  # ... and stored nothing
+    assert MlflowClient(store).list_artifacts(logger.run_id, "images") == []  # ... and stored nothing
     other_rank = types.SimpleNamespace(global_step=5, is_global_zero=False)
     asked = GridModule()
     assert ImageGridCallback().log_grid(other_rank, asked, torch.zeros(1, 3, 8, 8)) is None
     assert asked.grid_inputs == []
 
 
+def test_run_params_name_components_seed_and_trainer_settings() -> None:
+    config = Namespace(
+        seed_everything=7,
+        model=Namespace(
+            flow=Namespace(class_path="ifadit.flows.allinone.AllInOneFlow",
+                           init_args=Namespace(dim=8, num_blocks=2, hidden=[4, 4])),
+            key_scheme=Namespace(class_path="ifadit.keys.schemes.MappingKeyScheme", init_args=Namespace()),
+            mapper=Namespace(class_path="torch.nn.Identity", init_args=Namespace()),
+            discriminator=None,
+        ),
+        data=Namespace(class_path="ifadit.data.FaceDataModule", init_args=Namespace(root="x")),
+        trainer=Namespace(max_steps=3, precision="32-true", logger=Namespace(class_path="a.B")),
+    )
+    groups = {"flow": "flows", "key_scheme": "key_schemes", "mapper": "mappers", "discriminator": "x"}
+    assert run_params(config, groups) == {
+        "flow": "allinone", "flow.dim": 8, "flow.num_blocks": 2, "key_scheme": "mapping",
+        "mapper": "torch.nn.Identity", "discriminator": "none", "data": "ifadit.data.FaceDataModule",
+        "seed": 7, "trainer.max_steps": 3, "trainer.precision": "32-true",
+    }
+
+
 def test_hyperparameters_are_logged_after_setup(tmp_path: Path, store: str) -> None:
     logger = _mlflow_logger(store, "params", "params")
-    trainer = _trainer(tmp_path, logger, [HyperparametersCallback()], max_epochs=1,
+    trainer = _trainer(tmp_path, logger, [HyperparametersCallback({"flow": "glow", "seed": 3})], max_epochs=1,
                        enable_autolog_hparams=False)
     trainer.fit(GridModule(width=3), RandomFaces())
     params = MlflowClient(store).get_run(logger.run_id).data.params
     assert params == {"width": "3", "with_grid": "True", "weights.first": "1.0", "weights.second": "0.5",
-                      "from_setup": "8"}
+                      "from_setup": "8", "flow": "glow", "seed": "3"}
 
 
 def test_a_resumed_run_logs_only_new_params_and_names_the_changed_ones(tmp_path: Path, store: str) -> None:

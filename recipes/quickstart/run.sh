@@ -9,7 +9,9 @@ OUT=${OUT:-outputs/quickstart}
 CKPT=outputs/checkpoints/ifadit
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///outputs/mlflow.db}
 start=$(date +%s)
-rm -rf "$CKPT"/quickstart-* "$OUT"   # each run chains from its own checkpoints, never from an older run's
+# Each fit replaces what an earlier run left in its checkpoint folder, so every stage chains from this run's
+# checkpoints; only this script's own outputs (logs, the demo key, scores) are cleared.
+rm -rf "$OUT"
 mkdir -p "$OUT"
 
 echo "== 1/5 identity encoder and judge (two recognizers, trained apart; the judge on one thread) =="
@@ -28,12 +30,12 @@ echo "== 4/5 the compensator alone, on the finished flow =="
 MODEL="$CKPT/quickstart-compensator/last.ckpt"
 test -f "$MODEL"
 echo "== 5/5 a fresh key, checked on validation faces: anonymize and recover the held-out test identities =="
-"$IFADIT" keygen "$OUT/quickstart.key" --check-config recipes/quickstart/compensator.yaml --check-ckpt "$MODEL"
-"$IFADIT" score --config recipes/quickstart/compensator.yaml --ckpt "$MODEL" \
-  --judge-config recipes/quickstart/judge.yaml --judge-ckpt "$CKPT/quickstart-judge/last.ckpt" \
+"$IFADIT" keygen "$OUT/quickstart.key" --config recipes/quickstart/compensator.yaml --ckpt_path "$MODEL"
+"$IFADIT" score --config recipes/quickstart/compensator.yaml --ckpt_path "$MODEL" \
+  --judge_config recipes/quickstart/judge.yaml --judge_ckpt_path "$CKPT/quickstart-judge/last.ckpt" \
   --key "$OUT/quickstart.key" --out "$OUT"
 echo "quickstart chain: $(( $(date +%s) - start )) s wall"
 echo "every metric of the suite (re-identification, security, diversity, utility):"
-echo "  $IFADIT evaluate --config recipes/quickstart/compensator.yaml --ckpt $MODEL \\"
+echo "  $IFADIT evaluate --config recipes/quickstart/compensator.yaml --ckpt_path $MODEL \\"
 echo "    --recognizer $CKPT/quickstart-judge/last.ckpt:config=recipes/quickstart/judge.yaml --key $OUT/quickstart.key"
 echo "MLflow UI on the runs: .venv/bin/mlflow ui --backend-store-uri ${MLFLOW_TRACKING_URI}"
