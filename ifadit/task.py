@@ -70,6 +70,15 @@ class IFADITTask(L.LightningModule):
     """Lightning glue around :class:`ifadit.anonymizer.IFADIT`; no network code and no loss lives here.
 
     Args:
+        identity_encoder: ``E_id``, the face recognizer whose embedding is the identity (trained in the
+            recognizer phase, frozen after).
+        attribute_encoder: ``E_attr``, everything but the identity, as W+ styles.
+        mapper: ``M``, identity and attributes to the generator's styles.
+        generator: ``G``, renders the styles (a StyleGAN2).
+        flow: ``F``, the key-conditioned normalizing flow on the identity vector.
+        key_scheme: ``K``, a secret key to the flow's condition.
+        compensator: ``C``, maps the identity read off an anonymized face back to the flow's output.
+        discriminator: the critic of the adversarial terms (only kept when one is switched on).
         phase: which parts train and with which losses (see the module doc).
         init_from: a previous phase's checkpoint; every tensor whose name exists here is taken.
         train_generator: phase 1 and joint also train the generator (False: a pretrained, frozen one).

@@ -5,6 +5,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -311,3 +312,21 @@ def test_any_datamodule_can_be_named_and_face_data_is_the_default() -> None:
     other = cli_main([*base, "--data.class_path", "lightning.pytorch.demos.boring_classes.BoringDataModule"],
                      run=False)
     assert type(other.datamodule).__name__ == "BoringDataModule"
+
+
+def test_every_model_option_of_fit_has_help(capsys: pytest.CaptureFixture) -> None:
+    """The task's own options, every loss weight and optimizer setting say what they do."""
+    with pytest.raises(SystemExit):
+        cli.main(["fit", "--help"])
+    out = capsys.readouterr().out
+    blocks = re.split(r"\n  (?=--)", out)  # one block per option: its name line and its help lines
+    model = [b for b in blocks if b.startswith("--model.")]
+    assert len(model) > 40
+
+    def help_text(block: str) -> str:  # what follows the option's name and metavar
+        first, _, rest = block.partition("\n")
+        name_and_help = re.split(r"\s{2,}", first.strip(), maxsplit=1)
+        return " ".join(f"{name_and_help[1] if len(name_and_help) > 1 else ''} {rest}".split())
+
+    bare = [b.split()[0] for b in model if help_text(b).startswith("(type")]
+    assert not bare, f"fit options without help: {bare}"

@@ -44,45 +44,70 @@ class Encoded(NamedTuple):
 
 @dataclass
 class LossWeights:
-    """Every loss weight of every phase; 0 switches a term off and skips its computation (the ablations)."""
+    """Every loss weight of every phase; 0 switches a term off and skips its computation (the ablations).
 
-    # phase 1: reconstruction and disentanglement
+    Args:
+        l1: phase 1: L1 of the reconstruction ``G(M(E_id(x), E_attr(x)))`` to ``x``.
+        l2: phase 1: squared error of the reconstruction (the official code's pSp options weight it 1.0).
+        ssim: phase 1: ``(1 - SSIM) / 2`` of the reconstruction (kornia, 7 px window).
+        identity: phase 1: the reconstruction keeps the identity, ``1 - max(cos, margin)``.
+        swap_identity: phase 1: a render of another face's identity carries that identity, so the generator
+            must use the identity vector.
+        swap_pixel: phase 1: that swap equals the rendered swap target (``batch["swap_image"]``, SynthFaces).
+        adversarial: phase 1: non-saturating GAN loss on reconstructions and swaps (needs
+            ``model.discriminator``).
+        anonymized_adversarial: phase 2: the same on the anonymized render; its gradient reaches the flow
+            (and in the joint phase the generator): anonymized identities must render as faces.
+        r1: R1 gradient penalty on the discriminator's real inputs (StyleGAN2 uses 10).
+        r1_interval: lazy R1: the penalty every N steps, weighted by N (StyleGAN2's choice).
+        anonymity: phase 2, privacy: ``E_id(x_anon)`` far from ``z``, ``max(cos, margin)``.
+        two_key_diversity: phase 2: two keys give two identities.
+        batch_diversity: phase 2: the official ``L_inter`` over the batch's anonymized identities (a sum
+            over pairs above ``diversity_threshold``).
+        image: phase 2: the anonymized face keeps everything but the identity (L1 to the reconstruction).
+        anonymized_identity: phase 2: ``E_id(x_anon)`` carries ``z_anon``, so the compensator's job is
+            small.
+        latent_norm: phase 2: ``z_anon`` stays on the unit sphere the generator was trained on.
+        latent_recovery: phase 2 and the compensator phase: ``C(E_id(x_anon)) = z_anon``.
+        recovery_identity: phase 2: the face recovered with the right key keeps the identity.
+        recovery_image: phase 2: the face recovered with the right key equals ``x`` (L1).
+        wrong_key: phase 2: a wrong key's recovery stays anonymous.
+        latent_two_key: phase 2, identity space (no recognizer to fool): ``cos(F(z, c), F(z, c'))`` below
+            the margin, two keys stay apart.
+        latent_batch_diversity: phase 2, identity space: ``L_inter`` on ``F(z, c)`` with the whole batch
+            under one key; without it the flow learns one target identity per key whatever the input.
+        replay_size: compensator phase: (``E_id`` of the stored anonymized face, ``z_anon``) pairs rendered
+            under fresh keys into a replay buffer before the steps only fit ``C``.
+        replay_batch: compensator phase: pairs drawn from the buffer per step.
+        margin: cosine margin of the identity and anonymity losses (the official default 0.1).
+        diversity_threshold: cosine above which a pair counts in ``L_inter`` (official 0.1).
+    """
+
     l1: float = 1.0
-    l2: float = 0.0  # the pSp options of the official code weight L2 at 1.0
+    l2: float = 0.0
     ssim: float = 0.5
-    identity: float = 1.0  # E_id(G(M(z, a))) keeps z
-    swap_identity: float = 0.5  # E_id(G(M(z_other, a))) carries z_other: the generator must use the identity
-    swap_pixel: float = 0.0  # G(M(z_other, a)) equals the rendered swap (batch["swap_image"], SynthFaces)
-    # Non-saturating GAN loss (needs ``model.discriminator``): ``adversarial`` judges phase 1's
-    # reconstructions and swaps, ``anonymized_adversarial`` the anonymized render (its gradient reaches the
-    # flow, and in the joint phase the generator): anonymized identities must render as faces.
+    identity: float = 1.0
+    swap_identity: float = 0.5
+    swap_pixel: float = 0.0
     adversarial: float = 0.0
     anonymized_adversarial: float = 0.0
-    r1: float = 0.0  # R1 gradient penalty on the discriminator's real inputs (StyleGAN2: 10)
-    r1_interval: int = 16  # lazy R1: every N steps, weighted by N (StyleGAN2's choice)
-    # phase 2: the keyed identity transform
-    anonymity: float = 1.0  # privacy: E_id(x_anon) far from z
-    two_key_diversity: float = 1.0  # two keys give two identities
-    batch_diversity: float = 0.0  # the official L_inter over the batch (a sum over pairs)
-    image: float = 0.2  # x_anon keeps the rest of the face (L1 to the reconstruction)
-    anonymized_identity: float = 0.5  # E_id(x_anon) carries z_anon, so the compensator's job is small
-    latent_norm: float = 0.1  # z_anon stays on the identity sphere the generator was trained on
-    latent_recovery: float = 1.0  # compensator: C(E_id(x_anon)) = z_anon
-    recovery_identity: float = 1.0  # E_id(x_rec) keeps z
-    recovery_image: float = 1.0  # x_rec equals the reconstruction
-    wrong_key: float = 1.0  # a wrong key's recovery stays anonymous
-    # Identity-space terms on F(z, c), with no recognizer in the loop (nothing to win by fooling one):
-    latent_two_key: float = 0.0  # cos(F(z, c), F(z, c')) below the margin: two keys stay apart
-    # L_inter on F(z, c) over the batch, all faces under one key: without it the flow learns one target
-    # identity per key whatever the input, so two keys collide and the inverse is ill-conditioned.
+    r1: float = 0.0
+    r1_interval: int = 16
+    anonymity: float = 1.0
+    two_key_diversity: float = 1.0
+    batch_diversity: float = 0.0
+    image: float = 0.2
+    anonymized_identity: float = 0.5
+    latent_norm: float = 0.1
+    latent_recovery: float = 1.0
+    recovery_identity: float = 1.0
+    recovery_image: float = 1.0
+    wrong_key: float = 1.0
+    latent_two_key: float = 0.0
     latent_batch_diversity: float = 0.0
-    # phase "compensator": steps render their faces under fresh keys into a replay buffer of
-    # (E_id(stored x_anon), z_anon) pairs until it holds replay_size, and every step fits C on replay_batch
-    # pairs drawn from it, so each costly render serves many cheap steps (weight: ``latent_recovery``).
     replay_size: int = 9600
     replay_batch: int = 256
-    # shared
-    margin: float = 0.1  # cosine margin of the identity/anonymity losses (official default)
+    margin: float = 0.1
     diversity_threshold: float = 0.1
 
     def check(self) -> None:
@@ -98,13 +123,22 @@ class LossWeights:
 
 @dataclass
 class OptimizerConfig:
-    """Adam for every phase; the generator and the discriminator may have rates of their own."""
+    """Adam for every phase; the generator and the discriminator may have rates of their own.
+
+    Args:
+        lr: learning rate of every trained part but the generator and the discriminator.
+        generator_lr: the generator's rate (default: ``lr``).
+        discriminator_lr: the discriminator's rate (default: ``generator_lr``).
+        betas: Adam's betas.
+        weight_decay: Adam's L2 weight decay.
+        schedule: ``constant``, or ``cosine``: every rate falls along a half cosine to 0 at the fit's last
+            step (per step; a resumed fit continues the curve). Short CPU budgets gain most
+            (docs/research.md).
+    """
 
     lr: float = 2e-3
-    generator_lr: float | None = None  # defaults to lr
-    discriminator_lr: float | None = None  # defaults to generator_lr
+    generator_lr: float | None = None
+    discriminator_lr: float | None = None
     betas: tuple[float, float] = (0.5, 0.99)
     weight_decay: float = 0.0
-    # "cosine": every group's rate falls along a half cosine to 0 at the fit's last step (per step; a
-    # resumed fit continues the curve). Short CPU budgets gain most (docs/research.md).
     schedule: Literal["constant", "cosine"] = "constant"
