@@ -55,7 +55,7 @@ def round_trip_fn(model: nn.Module, is_freia: bool, z: Tensor, cond: Tensor) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--cond-dim", type=int, default=512)
+    parser.add_argument("--cond_dim", type=int, default=512)
     parser.add_argument("--blocks", type=int, default=4)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--reps", type=int, default=20)

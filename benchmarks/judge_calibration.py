@@ -67,7 +67,7 @@ def _shown(path: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(ROOT / "recipes/quickstart/compensator.yaml"))
-    parser.add_argument("--ckpt", default=str(CKPT / "quickstart-compensator/last.ckpt"))
+    parser.add_argument("--ckpt_path", default=str(CKPT / "quickstart-compensator/last.ckpt"))
     parser.add_argument("--judge", nargs=2, action="append", metavar=("CONFIG", "CKPT"),
                         help="a recognizer recipe and checkpoint, repeatable (default: the quickstart judge)")
     parser.add_argument("--threads", type=int, default=1)
@@ -77,7 +77,7 @@ def main() -> None:
     default_judge = [str(ROOT / "recipes/quickstart/judge.yaml"), str(CKPT / "quickstart-judge/last.ckpt")]
     judges = args.judge or [default_judge]
 
-    task, datamodule = _build_task(args.config, args.ckpt, strict=True)
+    task, datamodule = _build_task(args.config, args.ckpt_path, strict=True)
     model = task.model.eval()
     datamodule.setup("test")
     batches = list(datamodule.test_dataloader())
@@ -93,7 +93,7 @@ def main() -> None:
     encoders["the model's identity encoder"] = model.identity_encoder
     lines = [
         f"Test identities: {len(labels.unique())}, images: {len(labels)}. Reconstructions by "
-        f"{_shown(args.ckpt)}.",
+        f"{_shown(args.ckpt_path)}.",
         f"Machine: {describe(args.threads)}.",
         "",
         "| recognizer | genuine pairs | impostors | reconstruction vs its original "

@@ -10,7 +10,7 @@ Pairing every key with the next user key is harsher than ``ifadit score`` (one f
 different public wrong key per image): a pair of keys that collide fails both the two-key and the wrong-key
 goal here.
 
-Then ``--random-keys`` fresh keys on 32 test faces: the pairwise cosines of the flow's outputs for two keys
+Then ``--random_keys`` fresh keys on 32 test faces: the pairwise cosines of the flow's outputs for two keys
 (the same face), whose high tail is the key collisions.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/key_collisions.py --keys a.key b.key c.key`` (defaults: the
@@ -105,16 +105,16 @@ def _meets(name: str, value: float) -> bool:
 def add_model_and_judge_arguments(parser: argparse.ArgumentParser) -> None:
     """A trained model and the judge scoring it; the defaults are the quickstart's checkpoints."""
     parser.add_argument("--config", default=str(ROOT / "recipes/quickstart/compensator.yaml"))
-    parser.add_argument("--ckpt", default=str(CKPT / "quickstart-compensator/last.ckpt"))
-    parser.add_argument("--judge-config", default=str(ROOT / "recipes/quickstart/judge.yaml"))
-    parser.add_argument("--judge-ckpt", default=str(CKPT / "quickstart-judge/last.ckpt"))
+    parser.add_argument("--ckpt_path", default=str(CKPT / "quickstart-compensator/last.ckpt"))
+    parser.add_argument("--judge_config", default=str(ROOT / "recipes/quickstart/judge.yaml"))
+    parser.add_argument("--judge_ckpt_path", default=str(CKPT / "quickstart-judge/last.ckpt"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_model_and_judge_arguments(parser)
     parser.add_argument("--keys", nargs="+", required=True, help="user key files, two or more")
-    parser.add_argument("--random-keys", type=int, default=24)
+    parser.add_argument("--random_keys", type=int, default=24)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -123,8 +123,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)  # the random keys of the collision count
 
-    task, datamodule = _build_task(args.config, args.ckpt, strict=True)
-    judge_task, _ = _build_task(args.judge_config, args.judge_ckpt, strict=False)
+    task, datamodule = _build_task(args.config, args.ckpt_path, strict=True)
+    judge_task, _ = _build_task(args.judge_config, args.judge_ckpt_path, strict=False)
     model, judge = task.model.eval(), judge_task.identity_encoder.eval()
     datamodule.setup("test")
     batches = [batch["image"] for batch in datamodule.test_dataloader()]

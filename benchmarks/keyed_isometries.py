@@ -129,15 +129,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_model_and_judge_arguments(parser)
     parser.add_argument("--keys", type=int, default=8)
-    parser.add_argument("--fit-images", type=int, default=2048)
+    parser.add_argument("--fit_images", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    task, datamodule = _build_task(args.config, args.ckpt, strict=True)
+    task, datamodule = _build_task(args.config, args.ckpt_path, strict=True)
     model = task.model.eval()
-    judge = _build_task(args.judge_config, args.judge_ckpt, strict=False)[0].identity_encoder.eval()
+    judge = _build_task(args.judge_config, args.judge_ckpt_path, strict=False)[0].identity_encoder.eval()
     datamodule.setup("fit")
     datamodule.setup("test")
     train: list[Tensor] = []
@@ -155,8 +155,8 @@ def main() -> None:
     share = (variance.cumsum(0) / variance.sum())[[0, 1, 3, 7, 15]].tolist()
     lines = [
         f"Test faces: {len(test_images)}; principal directions and compensators fitted on "
-        f"{len(fit_images)} training faces; judged by {Path(args.judge_ckpt).parent.name}; "
-        f"model {Path(args.ckpt).parent.name}.",
+        f"{len(fit_images)} training faces; judged by {Path(args.judge_ckpt_path).parent.name}; "
+        f"model {Path(args.ckpt_path).parent.name}.",
         "The identity encoder on those faces: variance share of its top 1 / 2 / 4 / 8 / 16 principal "
         "directions "
         + " / ".join(f"{s:.2f}" for s in share)

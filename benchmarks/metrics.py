@@ -9,8 +9,8 @@ Forward hooks split the time between the generator, the model's encoders, the ju
 Default model: the quickstart checkpoints (``make quickstart``) when present, else the quickstart
 recipes' networks at their initial weights (same cost: the timing does not depend on the weights).
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/metrics.py`` (options: --images, --batch-size, --anonymizations,
---threads, --with-dlib, --no-detector). Results: ``benchmarks/results/metrics.md`` and ``metrics.json``.
+Run: ``OMP_NUM_THREADS=1 python benchmarks/metrics.py`` (options: --images, --batch_size, --anonymizations,
+--threads, --with_dlib, --no_detector). Results: ``benchmarks/results/metrics.md`` and ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -66,16 +66,16 @@ def timed_modules(modules: dict[str, nn.Module]) -> Iterator[dict[str, float]]:
 
 
 def build(args: argparse.Namespace) -> tuple[object, object, Recognizer, str]:
-    if args.ckpt and Path(args.ckpt).is_file():
-        task, datamodule = _build_task(args.config, args.ckpt, strict=True)
-        source = f"trained checkpoint {args.ckpt}"
+    if args.ckpt_path and Path(args.ckpt_path).is_file():
+        task, datamodule = _build_task(args.config, args.ckpt_path, strict=True)
+        source = f"trained checkpoint {args.ckpt_path}"
     else:
         cli = cli_main(["--config", args.config, "--model.init_from", "null", "--trainer.logger", "false"],
                        run=False)
         task, datamodule = cli.model, cli.datamodule
         source = f"initial weights of {args.config} (no checkpoint)"
-    if args.judge_ckpt and Path(args.judge_ckpt).is_file():
-        judge = SynthFacesRecognizer(args.judge_ckpt, config=args.judge_config, threshold=0.9)
+    if args.judge_ckpt_path and Path(args.judge_ckpt_path).is_file():
+        judge = SynthFacesRecognizer(args.judge_ckpt_path, config=args.judge_config, threshold=0.9)
     else:
         from ifadit import registry
 
@@ -89,15 +89,15 @@ def build(args: argparse.Namespace) -> tuple[object, object, Recognizer, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "recipes/quickstart/compensator.yaml"))
-    parser.add_argument("--ckpt", default=str(CKPT / "quickstart-compensator/last.ckpt"))
-    parser.add_argument("--judge-config", default=str(ROOT / "recipes/quickstart/judge.yaml"))
-    parser.add_argument("--judge-ckpt", default=str(CKPT / "quickstart-judge/last.ckpt"))
+    parser.add_argument("--ckpt_path", default=str(CKPT / "quickstart-compensator/last.ckpt"))
+    parser.add_argument("--judge_config", default=str(ROOT / "recipes/quickstart/judge.yaml"))
+    parser.add_argument("--judge_ckpt_path", default=str(CKPT / "quickstart-judge/last.ckpt"))
     parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--anonymizations", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--with-dlib", action="store_true", help="add the dlib plugin as a second judge")
-    parser.add_argument("--no-detector", action="store_true")
+    parser.add_argument("--with_dlib", action="store_true", help="add the dlib plugin as a second judge")
+    parser.add_argument("--no_detector", action="store_true")
     parser.add_argument("--results", default=str(ROOT / "benchmarks/results"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grid", type=Path, default=Path("docs/synthfaces_grid.png"))
-    parser.add_argument("--grid-size", type=int, default=64)
+    parser.add_argument("--grid_size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/synthfaces.md"))
     args = parser.parse_args()
 

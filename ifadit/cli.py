@@ -160,7 +160,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ifadit.evaluate import evaluate_checkpoint
 
     secret = _read_secret(args) if (args.key or args.passphrase_file) else None
-    args.ckpt = args.ckpt_path  # the name ifadit.evaluate reads
     task, datamodule = _build_task(args.config, args.ckpt_path, strict=True)
     return evaluate_checkpoint(task, datamodule, secret, args)
 

@@ -268,7 +268,7 @@ def evaluate_checkpoint(task: Any, datamodule: Any, secret: SecretKey | None, ar
 
     model = task.model
     if model is None or not model.keyed:
-        raise ValueError(f"{args.ckpt} is not a flow-phase model: evaluate needs a trained flow")
+        raise ValueError(f"{args.ckpt_path} is not a flow-phase model: evaluate needs a trained flow")
     if args.anonymizations < 1:
         raise ValueError("--anonymizations must be >= 1")
     recognizers: dict[str, Recognizer] = {}
@@ -293,7 +293,7 @@ def evaluate_checkpoint(task: Any, datamodule: Any, secret: SecretKey | None, ar
         detector=not args.no_detector, fid=args.fid, limit=args.limit,
     )
     report.meta.update(
-        checkpoint=str(args.ckpt), config=str(args.config), split=args.data,
+        checkpoint=str(args.ckpt_path), config=str(args.config), split=args.data,
         key="public validation key (no --key given)" if public_key_used else "user key",
         calibration={name: vars(c) | {"split": "val"} for name, c in calibration.items()},
     )
@@ -311,7 +311,8 @@ def evaluate_checkpoint(task: Any, datamodule: Any, secret: SecretKey | None, ar
     print(f"wrote {', '.join(str(p) for p in files.values())}")
     if not args.no_mlflow:
         uri = args.tracking_uri or mlflow_uri_default()
-        run_name = args.run_name or f"evaluate-{Path(args.ckpt).parent.name or Path(args.ckpt).stem}"
+        ckpt = Path(args.ckpt_path)
+        run_name = args.run_name or f"evaluate-{ckpt.parent.name or ckpt.stem}"
         run_id = log_to_mlflow(report, files, uri, args.experiment or DEFAULT_EXPERIMENT, run_name)
         print(f"MLflow run {run_id} ({run_name}) in {uri}")
     return 0

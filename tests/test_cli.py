@@ -117,7 +117,7 @@ def test_keygen_writes_and_refuses_to_overwrite(tmp_path, capsys):
 
 def test_keygen_from_passphrase_file(tmp_path):
     (tmp_path / "pw").write_text("a long passphrase\n")
-    args = ["keygen", "--passphrase-file", str(tmp_path / "pw"), "--salt", "00112233445566778899"]
+    args = ["keygen", "--passphrase_file", str(tmp_path / "pw"), "--salt", "00112233445566778899"]
     assert main([*args[:1], str(tmp_path / "a.key"), *args[1:]]) == 0
     assert main([*args[:1], str(tmp_path / "b.key"), *args[1:]]) == 0
     assert SecretKey.load(tmp_path / "a.key") == SecretKey.load(tmp_path / "b.key")

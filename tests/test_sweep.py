@@ -128,7 +128,7 @@ def test_bad_specs_fail_with_one_clear_line(
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(SweepSpecError):
         load_spec(path).combinations()
-    assert cli.main(["sweep", str(path), "--dry-run"]) == 2
+    assert cli.main(["sweep", str(path), "--dry_run"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ifadit sweep: error: ") and message in err and "\n" not in err
 
@@ -138,7 +138,7 @@ def test_dry_run_lists_every_child_and_flags_invalid_recipes(capsys: pytest.Capt
     rows = plan(spec)
     assert [r.problem is None for r in rows] == [True] * 4 + [False]
     assert "anonimity" in rows[-1].problem and "\n" not in rows[-1].problem
-    assert cli.main(["sweep", str(SPEC), "--dry-run"]) == 0
+    assert cli.main(["sweep", str(SPEC), "--dry_run"]) == 0
     out = capsys.readouterr().out
     assert all(f"{f}/{k}" in out for f, k in GRID) and out.count("[ok]") == 4
 
@@ -190,7 +190,7 @@ def test_a_failed_prerequisite_stops_the_sweep_before_any_child(
                                       "overrides": {"model.arcface_scael": 1}}])
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(data))
-    assert cli.main(["sweep", str(path), "--results-dir", str(tmp_path / "results")]) == 1
+    assert cli.main(["sweep", str(path), "--results_dir", str(tmp_path / "results")]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]  # mlflow logs its new database above it
     assert err.startswith("ifadit sweep: error: prerequisite") and "arcface_scael" in err
     client = MlflowClient(uri)
@@ -322,7 +322,7 @@ def test_sweep_against_sqlite_then_rerun_skips_finished_children(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", _sqlite(work))
     results = work / "results" / "tiny"
     args = ["sweep", str(SPEC), "--set", f"data.root={work / 'synthfaces'}",
-            "--results-dir", str(results), "--work-dir", str(work / "sweeps" / "sqlite")]
+            "--results_dir", str(results), "--work_dir", str(work / "sweeps" / "sqlite")]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert "training (creates outputs/checkpoints/ifadit/conf-disentangle/last.ckpt)" in out
@@ -378,8 +378,8 @@ def test_a_failed_child_is_recorded_and_the_others_finish(
     path = work / "failure.yaml"
     path.write_text(yaml.safe_dump(data))
     args = ["sweep", str(path), "--set", f"data.root={work / 'synthfaces'}",
-            "--results-dir", str(work / "results" / "failure"),
-            "--work-dir", str(work / "sweeps" / "failure")]
+            "--results_dir", str(work / "results" / "failure"),
+            "--work_dir", str(work / "sweeps" / "failure")]
     assert cli.main([*args, "--jobs", "2"]) == 1
     out = capsys.readouterr().out
     assert "1/2 children finished, 1 failed" in out
@@ -424,7 +424,7 @@ def test_sweep_against_a_real_mlflow_server(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     results = work / "results" / "server"
     args = ["sweep", str(SPEC), "--set", f"data.root={work / 'synthfaces'}",
-            "--results-dir", str(results), "--work-dir", str(work / "sweeps" / "server")]
+            "--results_dir", str(results), "--work_dir", str(work / "sweeps" / "server")]
     assert cli.main(args) == 0
     client = MlflowClient(uri)
     ids = _check_sweep(client, "tiny", results, work / "dl-server")

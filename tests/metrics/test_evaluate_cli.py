@@ -41,8 +41,8 @@ def _in_work(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _args(work: Path, *extra: str) -> list[str]:
-    return ["evaluate", "--ckpt", str(work / "conf-flow" / "last.ckpt"), "--config", str(CONF / "flow.yaml"),
-            "--data", "val", *extra]
+    return ["evaluate", "--ckpt_path", str(work / "conf-flow" / "last.ckpt"),
+            "--config", str(CONF / "flow.yaml"), "--data", "val", *extra]
 
 
 def test_evaluate_writes_reports_logs_mlflow_and_reproduces_score(work: Path, capsys) -> None:
@@ -50,7 +50,7 @@ def test_evaluate_writes_reports_logs_mlflow_and_reproduces_score(work: Path, ca
     uri = f"sqlite:///{work / 'mlflow.db'}"
     out = work / "out"
     args = _args(work, "--recognizer", judge_spec, "--key", str(work / "user.key"), "--anonymizations", "3",
-                 "--out", str(out), "--tracking-uri", uri)
+                 "--out", str(out), "--tracking_uri", uri)
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
     secret = SecretKey.load(work / "user.key")
@@ -101,7 +101,7 @@ def test_evaluate_writes_reports_logs_mlflow_and_reproduces_score(work: Path, ca
 
 def test_evaluate_without_a_recognizer_uses_the_models_own_encoder(work: Path, capsys) -> None:
     out = work / "own"
-    args = _args(work, "--limit", "3", "--no-detector", "--no-fid", "--no-mlflow", "--out", str(out))
+    args = _args(work, "--limit", "3", "--no_detector", "--no_fid", "--no_mlflow", "--out", str(out))
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
     assert "judged by the model's own identity encoder" in printed
@@ -122,6 +122,6 @@ def test_evaluate_without_a_recognizer_uses_the_models_own_encoder(work: Path, c
     ],
 )
 def test_bad_input_is_one_line(work: Path, capsys, extra: list[str], message: str) -> None:
-    assert cli.main([*_args(work, "--no-mlflow"), *extra]) == 2
+    assert cli.main([*_args(work, "--no_mlflow"), *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ifadit evaluate: error: ") and message in err and err.count("\n") == 1

@@ -63,7 +63,7 @@ def keys(tmp_path_factory) -> dict[str, Path]:
 
 
 def _model_args(tiny_model, keys, key: str = "right") -> list[str]:
-    return ["--model", str(tiny_model.checkpoint), "--key", str(keys[key]), "--no-progress"]
+    return ["--ckpt_path", str(tiny_model.checkpoint), "--key", str(keys[key]), "--no_progress"]
 
 
 # -- end to end ----------------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def test_a_missing_model_is_one_line(good_run, keys, tmp_path, capsys) -> None:
             str(tmp_path / "o"),
             "--key",
             str(keys["right"]),
-            "--model",
+            "--ckpt_path",
             str(tmp_path / "nope.ckpt"),
         ],
     )
@@ -298,7 +298,7 @@ def batch_run(tmp_path_factory, tiny_model, keys):
                 str(folder),
                 "--out",
                 str(root / "out"),
-                "--detect-max-side",
+                "--detect_max_side",
                 "512",
                 *_model_args(tiny_model, keys),
             ]

@@ -24,12 +24,12 @@ def fresh_registry() -> Iterator[None]:
 
 
 def test_installed_plugin_is_discovered_and_created_by_name(fresh_registry: None) -> None:
-    info = registry.available("flows")["keyed_rotation"]
+    info = registry.available("flows")["keyed-rotation"]
     assert info.distribution == "ifadit-keyed-rotation"
     assert info.value == "ifadit_keyed_rotation.flow:KeyedRotationFlow"
-    flow = registry.create("flows", "keyed_rotation", dim=8, cond_dim=4, num_blocks=1)
+    flow = registry.create("flows", "keyed-rotation", dim=8, cond_dim=4, num_blocks=1)
     assert type(flow) is KeyedRotationFlow and isinstance(flow, KeyedFlow)
-    assert registry.name_of("flows", KeyedRotationFlow) == "keyed_rotation"
+    assert registry.name_of("flows", KeyedRotationFlow) == "keyed-rotation"
 
 
 @pytest.mark.parametrize("expand", [False, True], ids=["short-name", "expanded-class-path"])
@@ -61,7 +61,7 @@ def test_broken_entry_point_is_reported_and_isolated(
     assert names["broken_flow"].distribution == "broken-flow-dist"
     loaded, broken = registry.load_all("flows")
     assert set(loaded) == set(names) - {"broken_flow"}
-    assert {"keyed_rotation", "realnvp", "glow"} <= set(loaded)
+    assert {"keyed-rotation", "realnvp", "glow"} <= set(loaded)
     assert [b.info.name for b in broken] == ["broken_flow"]
     assert broken[0].info.distribution == "broken-flow-dist"
     assert broken[0].error == "ModuleNotFoundError: No module named 'nonexistent_module_xyz'"
@@ -71,7 +71,7 @@ def test_broken_entry_point_is_reported_and_isolated(
     for fragment in ("'broken_flow'", "'broken-flow-dist'", "nonexistent_module_xyz"):
         assert fragment in str(caught.value)
     assert isinstance(caught.value.__cause__, ImportError)
-    assert isinstance(registry.create("flows", "keyed_rotation", dim=4, cond_dim=2, num_blocks=1), KeyedFlow)
+    assert isinstance(registry.create("flows", "keyed-rotation", dim=4, cond_dim=2, num_blocks=1), KeyedFlow)
 
 
 def test_unknown_name_lists_available_flows(fresh_registry: None) -> None:
@@ -79,4 +79,4 @@ def test_unknown_name_lists_available_flows(fresh_registry: None) -> None:
         registry.get("flows", "no_such_flow")
     listed = str(caught.value).split("available: ", 1)[1].split(", ")
     assert listed == sorted(registry.available("flows"))
-    assert "keyed_rotation" in listed
+    assert "keyed-rotation" in listed
