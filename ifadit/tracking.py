@@ -370,8 +370,7 @@ class ImageGridCallback(L.Callback):
 
     The grid is composed here from ``pl_module.sample_columns(images)`` (ordered label -> images in
     [-1, 1]; None: nothing to show, as in the recognizer phase), one face per row, labels above the
-    columns. A module with only ``sample_grid(images)`` (a ready (3, H, W) image in [0, 1]) is logged
-    as it is. The images are the first validation batch, kept from the first validation run so grids stay
+    columns. The images are the first validation batch, kept from the first validation run so grids stay
     comparable over the run; until one exists the current training batch is used. Only rank 0 renders and
     logs. Without an MLflow logger the grids go to ``samples/<key>_step_000123.png`` in the run's folder.
 
@@ -418,12 +417,8 @@ class ImageGridCallback(L.Callback):
         """The module's grid for ``images`` as (H, W, 3) uint8, or None when it has none."""
         images = images.to(pl_module.device)
         sample_columns = getattr(pl_module, "sample_columns", None)
-        if callable(sample_columns):
-            columns = sample_columns(images)
-            return None if columns is None else labelled_grid(columns)
-        sample_grid = getattr(pl_module, "sample_grid", None)
-        grid = sample_grid(images) if callable(sample_grid) else None
-        return None if grid is None else grid_to_uint8(grid)
+        columns = sample_columns(images) if callable(sample_columns) else None
+        return None if columns is None else labelled_grid(columns)
 
     def log_grid(
         self, trainer: L.Trainer, pl_module: L.LightningModule, images: Tensor, key: str = TRAIN_KEY

@@ -105,16 +105,6 @@ class GridModule(L.LightningModule):
         return {"original": images, "negated": -images}
 
 
-class ReadyGridModule(GridModule):
-    """A module that renders its grid itself (``sample_grid``), as modules did before ``sample_columns``."""
-
-    sample_columns = None
-
-    def sample_grid(self, images: Tensor) -> Tensor:
-        self.grid_inputs.append(images.detach().cpu().clone())
-        return torchvision.utils.make_grid((images + 1) / 2, nrow=2, padding=2)
-
-
 @pytest.fixture(autouse=True)
 def _work_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever a run writes relative to the CWD (outputs/, mlruns/) lands in the test's folder."""
@@ -232,20 +222,6 @@ def test_labels_differ_and_columns_must_match() -> None:
     np.testing.assert_array_equal(one[LABEL_HEIGHT:], other[LABEL_HEIGHT:])
     with pytest.raises(ValueError, match="equally shaped"):
         labelled_grid({"a": faces, "b": torch.zeros(2, 3, 16, 16)})
-
-
-def test_a_module_with_a_ready_grid_is_logged_as_it_is(tmp_path: Path, store: str) -> None:
-    logger = _mlflow_logger(store, "grids", "ready")
-    module = ReadyGridModule()
-    _trainer(tmp_path, logger, [ImageGridCallback(every_n_steps=0, num_images=2)], max_epochs=1).fit(
-        module, RandomFaces())
-    client = MlflowClient(store)
-    [(key, path)] = _logged_images(client, logger.run_id).items()
-    assert key == ("samples/val", 2)
-    first_val_images = torch.stack([item["image"] for item in _faces(2, 2)])
-    expected = grid_to_uint8(torchvision.utils.make_grid((first_val_images + 1) / 2, nrow=2, padding=2))
-    with Image.open(client.download_artifacts(logger.run_id, path, str(tmp_path / "dl"))) as image:
-        np.testing.assert_array_equal(np.asarray(image.convert("RGB")), expected)
 
 
 def test_training_grids_use_the_training_batch_until_validation_has_run(tmp_path: Path) -> None:
