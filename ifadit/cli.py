@@ -268,7 +268,12 @@ def _add_photo_parsers(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand but the Lightning ones (listed for the help only)."""
-    parser = argparse.ArgumentParser(prog="ifadit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ifadit",
+        description="Key-controlled, invertible face anonymization (iFADIT): train models from YAML "
+        "recipes, anonymize and recover photos with a secret key, score and sweep.",
+        epilog="'ifadit COMMAND --help' lists a command's options.",
+    )
     parser.add_argument("--version", action="version", version=f"ifadit {__version__}",
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
