@@ -21,7 +21,7 @@ wait $rec || { tail -n 20 "$OUT/recognizer.log"; exit 1; }
 wait $judge || { tail -n 20 "$OUT/judge.log"; exit 1; }
 echo "== 2/5 phase 1: attribute encoder, mapper, generator =="
 # The recipe's bf16 autocast is 1.2x faster than float32 on a CPU with native bf16 (AVX512-BF16 or AMX) and
-# about 12x slower where bf16 is emulated (an AVX2-only CPU: 6.6 s against 0.55 s a step): float32 there.
+# about 12x slower where bf16 is emulated (an AVX2-only CPU: 6.6 s against 0.5 s a step): float32 there.
 precision=()
 grep -qw -e avx512_bf16 -e amx_bf16 /proc/cpuinfo 2>/dev/null || precision=(--trainer.precision 32-true)
 "$IFADIT" fit --config recipes/quickstart/disentangle.yaml "${precision[@]}" 2>&1 | tee "$OUT/disentangle.log"
