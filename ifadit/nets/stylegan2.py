@@ -74,8 +74,8 @@ class StyleGAN2Generator(Generator):
     small generator must place every part of the face from styles alone and learns that slowly (blurry
     faces). Measured on the quickstart (``layout_size=8``): the judge's reconstruction score rises from
     0.75 to 0.85, but the layout carries identity too, so a wrong key's recovery, which reads it off the
-    anonymized face, keeps more of the original (0.34 against a 0.3 goal). Off in every recipe; docs/research.md,
-    "Phase 1", has the numbers.
+    anonymized face, keeps more of the original (0.34 against a 0.3 goal). Off in every recipe;
+    docs/research.md, "Phase 1", has the numbers.
     """
 
     def __init__(
