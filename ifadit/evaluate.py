@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import Tensor
 
 from ifadit.anonymizer import IFADIT
+from ifadit.grids import save_labelled_grid
 from ifadit.keys import SecretKey
 from ifadit.metrics import AnonymizationSuite, MTCNNDetector, RecognizerFeatures, default_lpips
 from ifadit.metrics.suite import Results
@@ -201,15 +201,6 @@ def markdown_report(report: EvaluationReport, title: str = "ifadit evaluate") ->
     return "\n".join(lines) + "\n"
 
 
-def save_grid(columns: list[Tensor], path: str | Path) -> Path:
-    """Rows of faces, one column per variant, as a PNG (images in [-1, 1])."""
-    rows = torch.stack(columns, dim=1).flatten(0, 1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torchvision.utils.save_image((rows.clamp(-1, 1) + 1) / 2, path, nrow=len(columns), padding=2)
-    return path
-
-
 def write_report(report: EvaluationReport, out: str | Path) -> dict[str, Path]:
     """``evaluation.json``, ``evaluation.md`` and (with samples) ``grid.png`` in ``out``."""
     out = Path(out)
@@ -220,9 +211,14 @@ def write_report(report: EvaluationReport, out: str | Path) -> dict[str, Path]:
     s = report.samples
     if s:
         anonymized = s["anonymized"]
-        columns = [s["original"], *[anonymized[:, k] for k in range(anonymized.shape[1])], s["recovered"],
-                   s["wrong_key"], s["one_bit_key"]]
-        paths["grid"] = save_grid(columns, out / "grid.png")
+        columns = {
+            "original": s["original"],
+            **{f"key {chr(ord('A') + k)}": anonymized[:, k] for k in range(anonymized.shape[1])},
+            "recovered": s["recovered"],
+            "wrong key": s["wrong_key"],
+            "1 bit off": s["one_bit_key"],
+        }
+        paths["grid"] = save_labelled_grid(columns, out / "grid.png")
     return paths
 
 

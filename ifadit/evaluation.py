@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from ifadit.anonymizer import IFADIT
-from ifadit.evaluate import headline, run_suite, save_grid
+from ifadit.evaluate import headline, run_suite
+from ifadit.grids import save_labelled_grid
 from ifadit.keys import SecretKey
 from ifadit.nets import IdentityEncoder
 from ifadit.recognizers import EncoderRecognizer
@@ -64,7 +65,9 @@ def evaluate_headline(
     if grid_path is not None and report.samples:
         s = report.samples
         key_a, key_b = s["anonymized"][:, 0], s["anonymized"][:, 1]
-        save_grid([s["original"], key_a, key_b, s["recovered"], s["wrong_key"]], grid_path)
+        columns = {"original": s["original"], "key A": key_a, "key B": key_b, "recovered": s["recovered"],
+                   "wrong key": s["wrong_key"]}
+        save_labelled_grid(columns, grid_path)
     values = headline(report.results, "judge")
     return HeadlineScores(
         images=int(report.meta["images"]),
@@ -99,4 +102,4 @@ def format_scores(scores: HeadlineScores) -> str:
     return format_rows(rows)
 
 
-__all__ = ["HeadlineScores", "evaluate_headline", "format_scores", "save_grid", "write_scores"]
+__all__ = ["HeadlineScores", "evaluate_headline", "format_scores", "write_scores"]

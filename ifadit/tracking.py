@@ -19,7 +19,6 @@ from typing import Any
 import lightning as L
 import mlflow
 import numpy as np
-import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
@@ -28,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from ifadit import registry
+from ifadit.grids import labelled_grid
 from ifadit.weights import WeightsError, load_checkpoint
 
 DEFAULT_TRACKING_URI = "sqlite:///outputs/mlflow.db"
@@ -327,40 +327,6 @@ def fit_summary(trainer: L.Trainer) -> list[str]:
         lines.append(f"MLflow run: {logger.run_id} (experiment {experiment!r}, store {uri})")
         lines.append(f"  browse: mlflow ui --backend-store-uri {uri}")
     return lines
-
-
-def grid_to_uint8(grid: Tensor) -> np.ndarray:
-    """A (3, H, W) image in [0, 1] as an (H, W, 3) uint8 array, as PNG writers want it."""
-    return grid.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-
-GRID_PADDING = 2  # pixels between the faces of a grid, and around it
-LABEL_HEIGHT = 14  # the strip above a labelled grid (Pillow's default bitmap font is about 11 px high)
-
-
-def labelled_grid(columns: Mapping[str, Tensor], padding: int = GRID_PADDING) -> np.ndarray:
-    """One face per row and column, each column's label written above it: (H, W, 3) uint8.
-
-    ``columns``: label -> (N, 3, h, w) images in [-1, 1], all of one shape. A label wider than its column is
-    cut at the column's edge, so that it never reads as the next column's."""
-    from PIL import Image, ImageDraw
-    from torchvision.utils import make_grid
-
-    labels, images = list(columns), list(columns.values())
-    if not images or any(img.shape != images[0].shape for img in images):
-        raise ValueError("sample columns must be a non-empty mapping of equally shaped image batches")
-    rows = torch.stack([img.detach().float().cpu() for img in images], dim=1).flatten(0, 1)
-    grid = make_grid((rows.clamp(-1, 1) + 1) / 2, nrow=len(images), padding=padding)
-    body = Image.fromarray(grid_to_uint8(grid))
-    canvas = Image.new("RGB", (body.width, body.height + LABEL_HEIGHT), "white")
-    canvas.paste(body, (0, LABEL_HEIGHT))
-    cell = images[0].shape[-1] + padding
-    for i, label in enumerate(labels):
-        left = padding + i * cell
-        strip = Image.new("RGB", (cell - padding, LABEL_HEIGHT), "white")
-        ImageDraw.Draw(strip).text((1, 1), label, fill="black")
-        canvas.paste(strip, (left, 0))
-    return np.asarray(canvas)
 
 
 class ImageGridCallback(L.Callback):

@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -191,7 +192,13 @@ def test_score_judges_a_flow_checkpoint_with_another_recognizer(chain: ChainRun,
     for name, value in scores.items():
         if name.startswith("judge_cos"):
             assert -1.0 <= value <= 1.0, name
-    assert (out / "grid.png").stat().st_size > 0
+    from PIL import Image
+
+    from ifadit.grids import LABEL_HEIGHT
+
+    with Image.open(out / "grid.png") as grid:  # five labelled columns of 32 px faces above 8 rows
+        pixels = np.asarray(grid.convert("RGB"))
+    assert pixels.shape[1] == 2 + 5 * (32 + 2) and (pixels[:LABEL_HEIGHT] < 128).any()  # dark label text
     assert "judge cos(original, recovered)" in capsys.readouterr().out
 
 
@@ -290,7 +297,7 @@ def _logged_images(client: MlflowClient, run_id: str) -> list[tuple[str, int, st
 def test_sample_grids_are_stepped_images_of_the_expected_layout(
     chain: ChainRun, phase: str, columns: int
 ) -> None:
-    from ifadit.tracking import LABEL_HEIGHT
+    from ifadit.grids import LABEL_HEIGHT
 
     client = MlflowClient(_sqlite_uri(chain.work))
     run = _runs_by_name(chain.work)[f"conf-{phase}"]

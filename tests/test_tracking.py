@@ -21,10 +21,9 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ifadit.grids import GRID_PADDING, LABEL_HEIGHT, grid_to_uint8, labelled_grid
 from ifadit.tracking import (
     DEFAULT_TRACKING_URI,
-    GRID_PADDING,
-    LABEL_HEIGHT,
     MAX_PARAM_KEY_LENGTH,
     MLFLOW_RUN_KEY,
     HyperparametersCallback,
@@ -33,8 +32,6 @@ from ifadit.tracking import (
     MLflowSaveConfigCallback,
     default_artifact_location,
     flatten_params,
-    grid_to_uint8,
-    labelled_grid,
     mlflow_uri_default,
     prepare_tracking_uri,
     run_params,
