@@ -158,6 +158,11 @@ class TimmAttributeEncoder(AttributeEncoder):
     ``layout_size=s`` also returns a spatial layout: every feature map pooled to s x s, a 1x1 conv to
     ``style_dim`` channels, appended as ``s * s`` rows after the styles, (B, n_styles + s*s, style_dim).
     A generator built with the same ``layout_size`` takes them as its spatial input.
+
+    ``freeze_batchnorm=True`` keeps the backbone's batch norms in eval mode while the encoder trains: they
+    normalize with their stored statistics (an untrained backbone's 0 and 1, so each acts as its affine
+    layer alone) instead of the batch's. For small batches: the quickstart's phase 1 (batch 8) with batch
+    statistics gave a model no key of which passed the key check (docs/research.md).
     """
 
     def __init__(
@@ -171,8 +176,10 @@ class TimmAttributeEncoder(AttributeEncoder):
         pool_grid: int = 1,
         checkpoint: str | os.PathLike[str] | None = None,
         layout_size: int = 0,
+        freeze_batchnorm: bool = False,
     ) -> None:
         super().__init__()
+        self.freeze_batchnorm = freeze_batchnorm
         if pool_grid < 1:
             raise ValueError(f"pool_grid must be at least 1, got {pool_grid}")
         if layout_size < 0:
@@ -196,6 +203,14 @@ class TimmAttributeEncoder(AttributeEncoder):
             )
         if checkpoint is not None:
             _load_own_checkpoint(self, checkpoint)
+
+    def train(self, mode: bool = True) -> TimmAttributeEncoder:
+        super().train(mode)
+        if mode and self.freeze_batchnorm:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.train(False)
+        return self
 
     def forward(self, images: Tensor) -> Tensor:
         feature_maps = self.backbone(self.adapter(images))

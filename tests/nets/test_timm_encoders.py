@@ -204,3 +204,17 @@ def test_arcface_cosines_stay_float32_under_bf16_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert head.cosine(embeddings).dtype == torch.float32
     torch.testing.assert_close(head.cosine(embeddings), embeddings @ F.normalize(head.weight, dim=1).t())
+
+
+def test_frozen_batch_norms_stay_in_eval_mode_and_keep_their_statistics_while_the_encoder_trains():
+    from ifadit.nets.timm_encoders import TimmAttributeEncoder
+
+    encoder = TimmAttributeEncoder("resnet10t", n_styles=2, style_dim=8, freeze_batchnorm=True).train()
+    norms = [m for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and not any(m.training for m in norms) and encoder.training and encoder.to_styles.training
+    before = [m.running_mean.clone() for m in norms]
+    encoder(torch.rand(4, 3, 32, 32) * 2 - 1).sum().backward()
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(before, norms, strict=True))
+    assert all(m.weight.grad is not None for m in norms)  # their affine parameters still learn
+    trained = TimmAttributeEncoder("resnet10t", n_styles=2, style_dim=8).train()
+    assert all(m.training for m in trained.modules())
