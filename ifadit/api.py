@@ -11,9 +11,10 @@
     anonymized = anonymizer.anonymize(Image.open("photo.png"), secret)
     original = anonymizer.recover(anonymized, secret)             # the faces are found from its metadata
 
-Every face is detected (MTCNN, 5 landmarks), aligned to an FFHQ-style template at the model's resolution,
-anonymized (or recovered) by :class:`ifadit.anonymizer.IFADIT` with the key, warped back and pasted under a
-feathered mask (a landmark ellipse, or a face-parsing mask from ``mask_fn``). Pixels outside the mask are
+Every face is detected (MTCNN, 5 landmarks), aligned as FFHQ aligns faces at the model's resolution,
+anonymized (or recovered) by :class:`ifadit.anonymizer.IFADIT` with the key, warped back and pasted under its
+face mask (a landmark ellipse, or a face-parsing mask from ``mask_fn``), eroded and blurred as the paper's
+pipeline does (:mod:`ifadit.photos.blend`). Pixels outside the mask are
 returned unchanged. The command line (``ifadit anonymize`` / ``ifadit recover``) drives this class.
 """
 
@@ -40,10 +41,10 @@ from ifadit.photos.align import (
     alignment_matrices,
     apply_affine,
     crop_faces,
-    ellipse_masks,
-    feather_mask,
     paste_faces,
 )
+from ifadit.photos.batch import default_batch_size
+from ifadit.photos.blend import paste_masks
 from ifadit.photos.detect import Face, FaceDetector
 from ifadit.photos.io import METADATA_KEY, PhotoError, pil_to_rgb
 from ifadit.photos.metadata import build_metadata, faces_from_metadata
@@ -133,9 +134,10 @@ class Anonymizer:
 
     ``model``: a keyed :class:`IFADIT` (a flow-phase or joint checkpoint). ``detector``: an
     MTCNN :class:`FaceDetector` (made on first use). ``mask_fn``: optional face-parsing hook, aligned crops
-    (B, 3, S, S) in [-1, 1] -> masks (B, 1, S, S) in [0, 1], feathered by ``parser_sigma`` pixels; without it
-    a landmark ellipse is used. ``skip_tiny``: leave faces below the detector's ``min_face_size`` as they
-    are instead of refusing the photo. ``batch_size``: faces per model call.
+    (B, 3, S, S) in [-1, 1] -> masks (B, 1, S, S) in [0, 1]; without it a landmark ellipse is used. Either is
+    eroded and blurred before the paste. ``skip_tiny``: leave faces below the detector's ``min_face_size`` as
+    they are instead of refusing the photo. ``batch_size``: faces per model call (None: the measured default
+    of the device, :func:`ifadit.photos.batch.default_batch_size`).
     """
 
     def __init__(
@@ -145,26 +147,23 @@ class Anonymizer:
         mask_fn: MaskFn | None = None,
         device: str | torch.device = "cpu",
         model_sha256: str | None = None,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         skip_tiny: bool = False,
-        mask_feather: float = 0.25,
-        parser_sigma: float = 2.0,
     ) -> None:
         if not model.keyed:
             raise ValueError(
                 "this model has no flow (a phase-1 model): anonymizing needs a flow-phase checkpoint"
             )
+        self.device = torch.device(device)
+        batch_size = default_batch_size(self.device) if batch_size is None else batch_size
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self._detector = detector
         self.mask_fn = mask_fn
         self.model_sha256 = model_sha256
         self.batch_size = batch_size
         self.skip_tiny = skip_tiny
-        self.mask_feather = mask_feather
-        self.parser_sigma = parser_sigma
         self.timer: StageTimer | None = None
 
     # -- construction ---
@@ -247,10 +246,7 @@ class Anonymizer:
             landmarks = torch.tensor([f.landmarks for f in faces], dtype=torch.float32, device=self.device)
             matrices = alignment_matrices(landmarks, size)
             crops = crop_faces(photo, matrices, size)
-            if self.mask_fn is None:
-                masks = ellipse_masks(apply_affine(matrices, landmarks), size, self.mask_feather)
-            else:
-                masks = feather_mask(self.mask_fn(crops).to(crops.dtype), self.parser_sigma)
+            masks = paste_masks(crops, apply_affine(matrices, landmarks), self.mask_fn)
         return Prepared(photo, faces, tiny, matrices, crops, masks)
 
     @torch.no_grad()
@@ -374,10 +370,19 @@ class Anonymizer:
     def _apply_tensor(
         self, operation: str, image: Tensor, secret: SecretKey, faces: Sequence[Face] | None
     ) -> Tensor:
-        if image.dim() == 4:
-            if faces is not None and image.shape[0] > 1:
+        if image.dim() == 4 and image.shape[0] > 1:  # the faces of every image in shared model calls
+            if faces is not None:
                 raise ValueError("faces= applies to one image; call once per image of a batch")
-            return torch.stack([self._apply_tensor(operation, img, secret, faces) for img in image])
+            if image.shape[1] != 3 or not image.is_floating_point():
+                raise ValueError(f"expected a float tensor (B, 3, H, W) in [-1, 1], got {tuple(image.shape)}")
+            photos = image.detach().to(self.device, torch.float32)
+            prepared = [self.prepare(to_uint8(photo), None, photo=photo) for photo in photos]
+            results = self.process(operation, prepared, secret)
+            kept = torch.stack([(r.paste_mask > 0).unsqueeze(0) for r in results]).to(image.device)
+            merged = torch.stack([r.image for r in results]).to(image.device, image.dtype)
+            return torch.where(kept, merged, image)
+        if image.dim() == 4:
+            return self._apply_tensor(operation, image[0], secret, faces).unsqueeze(0)
         if image.dim() != 3 or image.shape[0] != 3 or not image.is_floating_point():
             raise ValueError(
                 f"expected a float tensor (3, H, W) or (B, 3, H, W) in [-1, 1], got {tuple(image.shape)}"

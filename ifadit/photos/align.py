@@ -1,90 +1,79 @@
-"""Face alignment and paste-back: 5 landmarks -> similarity to an FFHQ-style template -> aligned crop at the
-model's resolution, and the inverse warp of a generated crop back into the photo under a feathered mask.
+"""FFHQ alignment and paste-back: 5 landmarks -> FFHQ's oriented square (quad) -> aligned crop at the model's
+resolution, and the inverse warp of a generated crop back into the photo.
 
-Image geometry is kornia's (``warp_affine``, ``invert_affine_transform``); pixel coordinates follow its
-``align_corners=True`` convention (pixel ``i`` has its centre at coordinate ``i``), which is also how MTCNN
-reports boxes and landmarks. Only the 4-parameter least-squares similarity fit is written here: kornia 0.9
-estimates full affine maps (``find_affine``, 6 parameters) and homographies, but has no similarity estimator,
-and a free affine fit to 5 noisy landmarks shears and squashes faces.
+The crop is FFHQ's (Karras et al. 2019, ``recreate_aligned_images`` in the FFHQ dataset tools): from the eye
+centres and mouth corners, ``x = eye_to_eye - rot90(eye_to_mouth)`` normalised and scaled by
+``max(2 |eye_to_eye|, 1.8 |eye_to_mouth|)``, ``y = rot90(x)``, centre ``c = eye_avg + 0.1 eye_to_mouth``,
+corners ``c -+ x -+ y``. The model sees faces where it saw them in training (FFHQ, or photos aligned by
+``ifadit align``), not a mean-face template's approximation of them.
+
+Pixels around the face are sampled as FFHQ samples them: the face region is first shrunk with an
+antialiasing filter to about the crop's scale (``warp_affine`` samples bilinearly and would alias a large
+face), and where the square reaches past the photo the photo is padded, blurred towards its edge and faded to
+its median colour. FFHQ pads by reflection before that blur; here the edge pixels are replicated instead, so
+a face at the edge of a photo is not mirrored into a second face.
+
+Image geometry is kornia's (``get_perspective_transform``, ``warp_affine``, ``invert_affine_transform``,
+``gaussian_blur2d``). Pixel coordinates follow its ``align_corners=True`` convention (pixel ``i`` has its
+centre at coordinate ``i``), which is also how MTCNN reports landmarks; FFHQ's ``quad + 0.5`` is the same
+convention in PIL's terms. The image -> crop map of each face is one affine matrix: cropping and paste-back
+both use it, so a face returns exactly where it came from.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import kornia
 import torch
+import torch.nn.functional as F
 from torch import Tensor
-
-# The 5-point mean face (eyes, nose tip, mouth corners) in a 112x112 crop, as published with ArcFace
-# (InsightFace's reference points); only its proportions are used here.
-MEAN_FACE_5 = (
-    (38.2946, 51.6963),
-    (73.5318, 51.5014),
-    (56.0252, 71.7366),
-    (41.5493, 92.3655),
-    (70.7299, 92.2041),
-)
 
 # A face-parsing hook: aligned crops (B, 3, S, S) in [-1, 1] -> soft masks (B, 1, S, S) in [0, 1].
 MaskFn = Callable[[Tensor], Tensor]
 
 
-def ffhq_template(mean_face: tuple[tuple[float, float], ...] = MEAN_FACE_5) -> Tensor:
-    """The 5 landmarks of ``mean_face`` in the unit square of an FFHQ-style crop, shape (5, 2).
-
-    FFHQ's crop rule (Karras et al. 2019, dataset alignment): centre ``c = eye_avg + 0.1 * eye_to_mouth``,
-    half-side ``max(2 * |eye_to_eye|, 1.8 * |eye_to_mouth|)`` along the eye line. It is applied to the mean
-    face once, so every face is then aligned to where FFHQ would have put the mean face.
-    """
-    p = torch.tensor(mean_face, dtype=torch.float64)
-    eye_avg = (p[0] + p[1]) / 2
-    mouth_avg = (p[3] + p[4]) / 2
-    eye_to_eye = p[1] - p[0]
-    eye_to_mouth = mouth_avg - eye_avg
-    x = eye_to_eye - torch.stack([-eye_to_mouth[1], eye_to_mouth[0]])
-    x = x / x.norm()
-    half = max(2.0 * eye_to_eye.norm().item(), 1.8 * eye_to_mouth.norm().item())
-    x = x * half
-    y = torch.stack([-x[1], x[0]])
-    center = eye_avg + 0.1 * eye_to_mouth
-    origin = center - x - y  # the crop's top-left corner
-    # coordinates along the crop's axes, in units of its side (2 * half)
-    rel = p - origin
-    u = (rel @ x) / (2 * half * half)
-    v = (rel @ y) / (2 * half * half)
-    return torch.stack([u, v], dim=1).float()
+def _check_landmarks(landmarks: Tensor) -> None:
+    if landmarks.dim() != 3 or landmarks.shape[1:] != (5, 2):
+        raise ValueError(f"expected 5 landmarks per face, shape (B, 5, 2), got {tuple(landmarks.shape)}")
 
 
-def template_pixels(size: int, template: Tensor | None = None) -> Tensor:
-    """The template in pixel coordinates of a ``size`` x ``size`` crop (pixel centres at integers)."""
-    unit = ffhq_template() if template is None else template
-    return unit * size - 0.5
+def ffhq_quads(landmarks: Tensor) -> Tensor:
+    """FFHQ's crop square for each face's 5 landmarks (B, 5, 2) (eyes, nose, mouth corners; the nose is not
+    used): corners (B, 4, 2) in FFHQ's order top-left, bottom-left, bottom-right, top-right, in float64."""
+    _check_landmarks(landmarks)
+    lm = landmarks.double()
+    eye_avg = (lm[:, 0] + lm[:, 1]) / 2
+    eye_to_eye = lm[:, 1] - lm[:, 0]
+    eye_to_mouth = (lm[:, 3] + lm[:, 4]) / 2 - eye_avg
+    # flipud(v) * [-1, 1] of FFHQ is v turned by 90 degrees: (-v_y, v_x)
+    x = eye_to_eye - torch.stack([-eye_to_mouth[:, 1], eye_to_mouth[:, 0]], dim=-1)
+    half = torch.maximum(eye_to_eye.norm(dim=-1) * 2.0, eye_to_mouth.norm(dim=-1) * 1.8)
+    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) * half.unsqueeze(-1)
+    y = torch.stack([-x[:, 1], x[:, 0]], dim=-1)
+    c = eye_avg + eye_to_mouth * 0.1
+    return torch.stack([c - x - y, c - x + y, c + x + y, c + x - y], dim=1)
 
 
-def estimate_similarity(src: Tensor, dst: Tensor) -> Tensor:
-    """Least-squares similarity (rotation, uniform scale, translation; no reflection) with ``dst ~ T(src)``.
+def crop_corners(size: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    """The outer corners of a ``size`` x ``size`` crop in pixel-centre coordinates, in the quad's order."""
+    lo, hi = -0.5, size - 0.5
+    return torch.tensor([[lo, lo], [lo, hi], [hi, hi], [hi, lo]], dtype=dtype)
 
-    ``src``, ``dst``: (B, N, 2) with N >= 2. Returns (B, 2, 3). The similarity ``[[a, -b, tx], [b, a, ty]]``
-    is linear in (a, b, tx, ty), so the fit is one small linear least-squares solve per face — the same
-    optimum as Umeyama's SVD solution without reflections. Solved in float64: pixel coordinates of large
-    photos lose digits in float32 normal equations.
-    """
-    if src.shape != dst.shape or src.dim() != 3 or src.shape[-1] != 2 or src.shape[1] < 2:
-        raise ValueError(
-            f"expected matching (B, N>=2, 2) point sets, got {tuple(src.shape)}, {tuple(dst.shape)}"
-        )
-    s, d = src.double(), dst.double()
-    x, y = s[..., 0], s[..., 1]
-    one, zero = torch.ones_like(x), torch.zeros_like(x)
-    rows_u = torch.stack([x, -y, one, zero], dim=-1)  # u = a x - b y + tx
-    rows_v = torch.stack([y, x, zero, one], dim=-1)  # v = b x + a y + ty
-    design = torch.cat([rows_u, rows_v], dim=1)  # (B, 2N, 4)
-    target = torch.cat([d[..., 0], d[..., 1]], dim=1).unsqueeze(-1)  # (B, 2N, 1)
-    a, b, tx, ty = torch.linalg.lstsq(design, target).solution.squeeze(-1).unbind(-1)
-    matrix = torch.stack([torch.stack([a, -b, tx], -1), torch.stack([b, a, ty], -1)], dim=1)
-    return matrix.to(src.dtype if src.is_floating_point() else torch.float32)
+
+def quad_matrices(quads: Tensor, size: int) -> Tensor:
+    """Image -> crop affine maps (B, 2, 3) that send each quad (B, 4, 2) onto the crop's outer corners."""
+    dst = crop_corners(size).to(quads.device).expand(quads.shape[0], -1, -1)
+    homography = kornia.geometry.transform.get_perspective_transform(quads.double(), dst)
+    # a square onto a square: the homography is an affine map (its last row is [0, 0, 1] up to rounding)
+    return (homography[:, :2] / homography[:, 2:, 2:]).float()
+
+
+def alignment_matrices(landmarks: Tensor, size: int) -> Tensor:
+    """Image -> crop maps (B, 2, 3) of FFHQ's alignment at ``size`` px from 5 landmarks per face (B, 5, 2)."""
+    return quad_matrices(ffhq_quads(landmarks), size)
 
 
 def apply_affine(matrix: Tensor, points: Tensor) -> Tensor:
@@ -92,35 +81,110 @@ def apply_affine(matrix: Tensor, points: Tensor) -> Tensor:
     return points @ matrix[:, :, :2].transpose(1, 2) + matrix[:, :, 2].unsqueeze(1)
 
 
-def alignment_matrices(landmarks: Tensor, size: int) -> Tensor:
-    """Image -> crop similarity for each face's 5 landmarks (B, 5, 2): (B, 2, 3)."""
-    dst = template_pixels(size).to(landmarks.device).expand_as(landmarks)
-    return estimate_similarity(landmarks.float(), dst.float())
+def _as3x3(matrix: Tensor) -> Tensor:
+    bottom = torch.tensor([[0.0, 0.0, 1.0]], dtype=matrix.dtype, device=matrix.device)
+    return torch.cat([matrix, bottom], dim=0)
+
+
+def blurred_edge_pad(image: Tensor, pads: tuple[int, int, int, int], qsize: float) -> Tensor:
+    """``image`` (C, H, W) padded by ``pads`` (left, top, right, bottom) pixels as FFHQ pads: the edge
+    pixels carried outwards, Gaussian-blurred (sigma ``0.02 qsize``) more strongly towards the outer edge, and
+    faded to the image's median colour there. ``qsize``: the crop square's side in these pixels."""
+    left, top, right, bottom = pads
+    padded = F.pad(image.unsqueeze(0), (left, right, top, bottom), mode="replicate")
+    _, _, height, width = padded.shape
+    ys = torch.arange(height, dtype=image.dtype, device=image.device).view(-1, 1)
+    xs = torch.arange(width, dtype=image.dtype, device=image.device).view(1, -1)
+    # 1 at the outer edge, 0 at the photo's own edge, negative inside (FFHQ's mask)
+    along_x = 1.0 - torch.minimum(xs / max(left, 1), (width - 1 - xs) / max(right, 1))
+    along_y = 1.0 - torch.minimum(ys / max(top, 1), (height - 1 - ys) / max(bottom, 1))
+    mask = torch.maximum(along_x, along_y)
+    sigma = max(qsize * 0.02, 0.5)
+    kernel = 2 * math.ceil(3 * sigma) + 1
+    blurred = kornia.filters.gaussian_blur2d(
+        padded, (kernel, kernel), (sigma, sigma), border_type="replicate"
+    )
+    padded = padded + (blurred - padded) * (mask * 3.0 + 1.0).clamp(0, 1)
+    median = padded.flatten(2).median(dim=-1).values.view(1, -1, 1, 1)
+    padded = padded + (median - padded) * mask.clamp(0, 1)
+    return padded[0]
+
+
+def _crop_one(image: Tensor, matrix: Tensor, size: int) -> Tensor:
+    """One face's crop: the face region cut out, shrunk to about the crop's scale, padded as FFHQ, warped."""
+    _, height, width = image.shape
+    m = _as3x3(matrix.double().cpu())
+    to_image = torch.linalg.inv(m)
+    quad = crop_corners(size) @ to_image[:2, :2].T + to_image[:2, 2]
+    qsize = float(size / math.sqrt(abs(torch.linalg.det(m[:2, :2]).item())))  # the square's side in pixels
+    border = max(round(qsize * 0.1), 3)
+    x0 = min(max(math.floor(quad[:, 0].min().item()) - border, 0), width - 1)
+    y0 = min(max(math.floor(quad[:, 1].min().item()) - border, 0), height - 1)
+    x1 = max(min(math.ceil(quad[:, 0].max().item()) + border + 1, width), x0 + 1)
+    y1 = max(min(math.ceil(quad[:, 1].max().item()) + border + 1, height), y0 + 1)
+    region = image[:, y0:y1, x0:x1]
+    # image pixel-centre coordinates -> region coordinates: shift, then (if shrunk) scale about pixel edges
+    to_buffer = torch.tensor([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    shrink = qsize / size
+    if shrink > 1.0:
+        new_h, new_w = max(round((y1 - y0) / shrink), 1), max(round((x1 - x0) / shrink), 1)
+        sy, sx = new_h / (y1 - y0), new_w / (x1 - x0)
+        region = F.interpolate(
+            region.unsqueeze(0), size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
+        )[0]
+        scale = torch.tensor(
+            [[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64
+        )
+        to_buffer = scale @ to_buffer
+        qsize = qsize * (sx + sy) / 2
+    # FFHQ's padding rule, in the (shrunk) region's pixels
+    quad_b = quad @ to_buffer[:2, :2].T + to_buffer[:2, 2]
+    border = max(round(qsize * 0.1), 3)
+    _, h_b, w_b = region.shape
+    pads = (
+        max(-math.floor(quad_b[:, 0].min().item()) + border, 0),
+        max(-math.floor(quad_b[:, 1].min().item()) + border, 0),
+        max(math.ceil(quad_b[:, 0].max().item()) - w_b + border, 0),
+        max(math.ceil(quad_b[:, 1].max().item()) - h_b + border, 0),
+    )
+    if max(pads) > border - 4:
+        least = round(qsize * 0.3)
+        pads = tuple(max(p, least) for p in pads)  # type: ignore[assignment]
+        region = blurred_edge_pad(region, pads, qsize)
+        to_buffer = (
+            torch.tensor([[1.0, 0.0, pads[0]], [0.0, 1.0, pads[1]], [0.0, 0.0, 1.0]], dtype=torch.float64)
+            @ to_buffer
+        )
+    buffer_to_crop = (m @ torch.linalg.inv(to_buffer))[:2]
+    return kornia.geometry.transform.warp_affine(
+        region.unsqueeze(0),
+        buffer_to_crop.to(image.device, image.dtype).unsqueeze(0),
+        (size, size),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=True,
+    )[0]
 
 
 def crop_faces(image: Tensor, matrices: Tensor, size: int) -> Tensor:
     """Aligned crops (B, C, size, size) of one image (C, H, W) under the image -> crop maps (B, 2, 3).
 
-    Border pixels are reflected, so a face at the edge of a photo gives the encoders a plausible frame
-    rather than black bars."""
-    batch = matrices.shape[0]
-    src = image.unsqueeze(0).expand(batch, -1, -1, -1)
-    return kornia.geometry.transform.warp_affine(
-        src,
-        matrices.to(image.dtype),
-        (size, size),
-        mode="bilinear",
-        padding_mode="reflection",
-        align_corners=True,
-    )
+    Each face is cut out, shrunk with an antialiasing filter when it is larger than the crop, padded with
+    FFHQ's blurred edge where its square leaves the photo, then warped (see the module's docstring)."""
+    if image.dim() != 3:
+        raise ValueError(f"expected one image (C, H, W), got shape {tuple(image.shape)}")
+    if matrices.shape[0] == 0:
+        return image.new_zeros((0, image.shape[0], size, size))
+    return torch.stack([_crop_one(image, matrix, size) for matrix in matrices])
 
 
-def ellipse_masks(landmarks_in_crop: Tensor, size: int, feather: float = 0.25) -> Tensor:
-    """Soft ellipses over the face, one per face, from its landmarks in crop pixels (B, 5, 2): (B, 1, S, S).
+def ellipse_masks(landmarks_in_crop: Tensor, size: int, feather: float = 0.0) -> Tensor:
+    """Ellipses over the face, one per face, from its landmarks in crop pixels (B, 5, 2): (B, 1, S, S).
 
-    The ellipse spans about one eye distance each side of the face's centre line and from above the brows
-    to below the chin; the outer ``feather`` of its radius falls smoothly (smoothstep) to exactly 0, so the
-    mask has compact support and every pixel outside it keeps the photo's value bit for bit."""
+    The face region where no face parser is configured: about one eye distance each side of the face's
+    centre line, from above the brows to below the chin. ``feather`` > 0 lets the outer part of the radius
+    fall smoothly (smoothstep) to 0; the paste mask's erosion and blur (:mod:`ifadit.photos.blend`) soften
+    the default hard ellipse instead."""
     lm = landmarks_in_crop.float()
     eyes = (lm[:, 0] + lm[:, 1]) / 2
     mouth = (lm[:, 3] + lm[:, 4]) / 2
@@ -140,19 +204,10 @@ def ellipse_masks(landmarks_in_crop: Tensor, size: int, feather: float = 0.25) -
     u = (grid * axis_u.view(-1, 1, 1, 2)).sum(-1) / semi_u.view(-1, 1, 1)
     v = (grid * axis_v.view(-1, 1, 1, 2)).sum(-1) / semi_v.view(-1, 1, 1)
     radius = torch.sqrt(u * u + v * v)
-    t = ((1.0 - radius) / max(feather, 1e-6)).clamp(0, 1)
+    if feather <= 0:
+        return (radius <= 1.0).float().unsqueeze(1)
+    t = ((1.0 - radius) / feather).clamp(0, 1)
     return (t * t * (3 - 2 * t)).unsqueeze(1)
-
-
-def feather_mask(mask: Tensor, sigma: float) -> Tensor:
-    """Soften a hard parsing mask with a Gaussian; values under 1/512 become exactly 0 (compact support)."""
-    if sigma <= 0:
-        return mask.clamp(0, 1)
-    kernel = 2 * int(3 * sigma) + 1
-    soft = kornia.filters.gaussian_blur2d(
-        mask.float(), (kernel, kernel), (sigma, sigma), border_type="constant"
-    )
-    return torch.where(soft < 1 / 512, torch.zeros_like(soft), soft.clamp(0, 1))
 
 
 @dataclass
@@ -169,10 +224,7 @@ def paste_region(matrix: Tensor, size: int, height: int, width: int) -> PasteReg
     """The photo rectangle covered by a crop under the image -> crop map ``matrix`` (2, 3), clipped to the
     photo; None when it lies outside."""
     inverse = kornia.geometry.transform.invert_affine_transform(matrix.unsqueeze(0).double())
-    corners = torch.tensor(
-        [[[0.0, 0.0], [size - 1, 0.0], [0.0, size - 1], [size - 1, size - 1]]], dtype=torch.float64
-    )
-    pts = apply_affine(inverse, corners)[0]
+    pts = apply_affine(inverse, crop_corners(size).unsqueeze(0))[0]
     x0 = max(int(torch.floor(pts[:, 0].min())) - 1, 0)
     y0 = max(int(torch.floor(pts[:, 1].min())) - 1, 0)
     x1 = min(int(torch.ceil(pts[:, 0].max())) + 2, width)
@@ -190,7 +242,7 @@ def warp_back(crops: Tensor, matrix: Tensor, region: PasteRegion) -> Tensor:
         [[[1.0, 0.0, -region.x0], [0.0, 1.0, -region.y0], [0.0, 0.0, 1.0]]], dtype=torch.float64
     )
     full = torch.cat([crop_to_image, torch.tensor([[[0.0, 0.0, 1.0]]], dtype=torch.float64)], dim=1)
-    to_region = (shift @ full)[:, :2].to(crops.dtype).expand(crops.shape[0], -1, -1)
+    to_region = (shift @ full)[:, :2].to(crops.device, crops.dtype).expand(crops.shape[0], -1, -1)
     return kornia.geometry.transform.warp_affine(
         crops,
         to_region,
@@ -224,18 +276,17 @@ def paste_faces(photo: Tensor, faces: Tensor, masks: Tensor, matrices: Tensor) -
 
 
 __all__ = [
-    "MEAN_FACE_5",
     "MaskFn",
     "PasteRegion",
     "alignment_matrices",
     "apply_affine",
+    "blurred_edge_pad",
+    "crop_corners",
     "crop_faces",
     "ellipse_masks",
-    "estimate_similarity",
-    "feather_mask",
-    "ffhq_template",
+    "ffhq_quads",
     "paste_faces",
     "paste_region",
-    "template_pixels",
+    "quad_matrices",
     "warp_back",
 ]

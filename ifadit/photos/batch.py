@@ -30,7 +30,19 @@ from ifadit.photos.io import (
 from ifadit.photos.metadata import faces_from_metadata
 
 if TYPE_CHECKING:
+    import torch
+
     from ifadit.api import Anonymizer, PhotoResult, Prepared
+
+# Faces per model call by device type, from benchmarks/batching.py (results in benchmarks/README.md,
+# "Batching"): on the CPU a batch costs more per face than single faces do, so faces go one at a time.
+DEFAULT_BATCH_SIZE = {"cpu": 1, "cuda": 16}
+
+
+def default_batch_size(device: str | torch.device) -> int:
+    """Faces per model call on ``device`` when none is given (``DEFAULT_BATCH_SIZE``; 8 elsewhere)."""
+    kind = device if isinstance(device, str) else device.type
+    return DEFAULT_BATCH_SIZE.get(kind.split(":")[0], 8)
 
 
 @dataclass
@@ -234,4 +246,4 @@ def run_batch(
     return summary
 
 
-__all__ = ["BatchOptions", "BatchSummary", "run_batch"]
+__all__ = ["DEFAULT_BATCH_SIZE", "BatchOptions", "BatchSummary", "default_batch_size", "run_batch"]
