@@ -25,8 +25,10 @@ from torch.utils.data import Dataset
 from ifadit.data.synthfaces_params import (
     IDENTITY_NAMES,
     NUISANCE_NAMES,
+    PARAMETER_NAMES,
     IdentityParams,
     identity_param_array,
+    normalized_parameters,
     nuisance_param_array,
     split_identities,
 )
@@ -35,11 +37,13 @@ from ifadit.data.synthfaces_render import render_faces, render_identity
 __all__ = [
     "IDENTITY_NAMES",
     "NUISANCE_NAMES",
+    "PARAMETER_NAMES",
     "RENDERER_VERSION",
     "SPLITS",
     "IdentityParams",
     "SynthFaces",
     "identity_param_array",
+    "normalized_parameters",
     "nuisance_param_array",
     "render_faces",
     "render_identity",
@@ -47,7 +51,7 @@ __all__ = [
 ]
 
 # Bump when the rendering or the parameter mapping changes: cached sets are regenerated.
-RENDERER_VERSION = 1
+RENDERER_VERSION = 2
 
 SPLITS = ("train", "val", "test")
 
@@ -68,7 +72,9 @@ class SynthFaces(Dataset):
     """Identity-labelled synthetic faces, rendered once per parameter set and cached under ``root``.
 
     Items are ``{"image": (3, H, W) float in [-1, 1], "identity": global identity id, "attributes": float
-    tensor of the NUISANCE_NAMES values}``. The train/val/test splits hold disjoint identities.
+    tensor of the NUISANCE_NAMES values, "parameters": every parameter the image was rendered from, in
+    [-1, 1] (PARAMETER_NAMES; what a renderer trained on SynthFaces reads)}``. The train/val/test splits
+    hold disjoint identities.
     ``nuisance`` scales how much images of one identity differ (0: identical pictures).
     """
 
@@ -94,6 +100,11 @@ class SynthFaces(Dataset):
         self.identities = split_identities(num_identities, seed, self.split_fractions)[split]
         self.cache_dir = self.root / f"synthfaces-v{RENDERER_VERSION}-{self._digest()}"
         self.images, self.identity_labels, self.attributes = self._load_or_render()
+        identity_rows = identity_param_array(seed, self.identities)
+        row_of = np.searchsorted(self.identities, self.identity_labels.numpy())
+        self.parameters = torch.from_numpy(
+            normalized_parameters(identity_rows[row_of], self.attributes.numpy().astype(np.float64))
+        )
 
     @property
     def num_classes(self) -> int:
@@ -184,4 +195,5 @@ class SynthFaces(Dataset):
             "image": self.images[index].float().div_(127.5).sub_(1.0),
             "identity": int(self.identity_labels[index]),
             "attributes": self.attributes[index],
+            "parameters": self.parameters[index],
         }

@@ -75,7 +75,7 @@ class Painter:
         bend: Tensor,
         slope: Tensor | float,
         half_thickness: Tensor,
-        taper: float = 0.6,
+        taper: float | Tensor = 0.6,
     ) -> Tensor:
         """Signed distance to a thick stroke along y = cy + slope·dx + bend·(dx/L)², tapered at its ends."""
         s = self.inv_pixel

@@ -1,9 +1,9 @@
 """SynthFaces parameters: what an identity and an image of it are, drawn from seeded streams.
 
-An *identity* is a fixed draw of 30 continuous shape and colour parameters (face outline, eye spacing and
-size, iris colour, brows, nose, mouth, skin tone, ears, a mole, facial hair…); every *image* of it adds its
-own nuisance draw (pose, expression, gaze, lighting, background, hair, glasses, framing), so identity and
-appearance differ.
+An *identity* is a fixed draw of 53 continuous shape and colour parameters (face outline and jaw, eye
+spacing, size, tilt and iris, brows, nose, lips, skin tone, ears, moles, freckles, facial hair…); every
+*image* of it adds its own nuisance draw (pose, expression, gaze, lighting, background, hair, glasses,
+framing), so identity and appearance differ.
 
 Randomness comes straight from numpy's ``PCG64`` bit generator seeded by a ``SeedSequence`` of
 ``[seed, stream tag, identity(, …)]``: numpy guarantees the raw output of both to stay the same across
@@ -59,6 +59,30 @@ class IdentityParams:
     mole_present: float  # > 0.5: a mole is drawn
     mole_u: float  # position on the face, fractions of the half-width / half-height
     mole_v: float
+    # Finer detail, so that many independent directions tell identities apart.
+    eye_tilt: float  # outer eye corners up (+) or down (-)
+    iris_size: float  # iris radius, fraction of the eye's half-width
+    iris_ring: float  # darkness of the iris rim
+    lash_darkness: float  # weight of the upper lid line
+    under_eye: float  # shadow under the eyes
+    eye_asymmetry: float  # right eye higher (+) or lower (-)
+    nose_bridge: float  # bridge width, fraction of the tip
+    nose_tip: float  # tip size, fraction of the nose width
+    nostril_size: float
+    upper_lip: float  # upper lip thickness, fraction of the lower
+    mouth_corners: float  # resting corners up (+) or down (-)
+    jaw_square: float  # 0 round … 1 square lower face
+    cheekbones: float  # shadow under the cheekbones
+    nasolabial: float  # depth of the folds from nose to mouth corners
+    chin_cleft: float  # > 0.6: a cleft chin
+    ear_protrusion: float
+    brow_taper: float  # how much the brows thin towards their ends
+    freckles: float  # < 0.5 none, then denser
+    freckle_pattern: float  # where the freckles sit
+    mole_size: float
+    second_mole: float  # > 0.6: a second mole
+    second_mole_u: float
+    second_mole_v: float
 
     @classmethod
     def sample(cls, seed: int, index: int) -> IdentityParams:
@@ -101,6 +125,29 @@ _IDENTITY_RANGES: dict[str, tuple[float, float]] = {
     "mole_present": (0.0, 1.0),
     "mole_u": (-0.65, 0.65),
     "mole_v": (-0.05, 0.60),
+    "eye_tilt": (-1.0, 1.0),
+    "iris_size": (0.45, 0.72),
+    "iris_ring": (0.0, 1.0),
+    "lash_darkness": (0.0, 1.0),
+    "under_eye": (0.0, 1.0),
+    "eye_asymmetry": (-1.0, 1.0),
+    "nose_bridge": (0.25, 0.75),
+    "nose_tip": (0.40, 0.75),
+    "nostril_size": (0.15, 0.38),
+    "upper_lip": (0.45, 1.30),
+    "mouth_corners": (-1.0, 1.0),
+    "jaw_square": (0.0, 1.0),
+    "cheekbones": (0.0, 1.0),
+    "nasolabial": (0.0, 1.0),
+    "chin_cleft": (0.0, 1.0),
+    "ear_protrusion": (0.0, 1.0),
+    "brow_taper": (0.0, 0.9),
+    "freckles": (0.0, 1.0),
+    "freckle_pattern": (0.0, 1.0),
+    "mole_size": (0.012, 0.03),
+    "second_mole": (0.0, 1.0),
+    "second_mole_u": (-0.65, 0.65),
+    "second_mole_v": (-0.30, 0.60),
 }
 IDENTITY_NAMES: tuple[str, ...] = tuple(f.name for f in fields(IdentityParams))
 assert tuple(_IDENTITY_RANGES) == IDENTITY_NAMES, "IdentityParams fields and ranges out of sync"
@@ -146,6 +193,7 @@ _NUISANCE_SPEC: dict[str, tuple[float, str]] = {
     "glasses_tint": (0.0, "unit"),
 }
 NUISANCE_NAMES: tuple[str, ...] = tuple(_NUISANCE_SPEC)
+PARAMETER_NAMES: tuple[str, ...] = IDENTITY_NAMES + NUISANCE_NAMES
 _FLAG_RATES = {"bald": 0.08, "glasses": 0.25}
 
 
@@ -186,6 +234,17 @@ def nuisance_param_array(seed: int, identity: int, num_images: int, strength: fl
             full = u[:, j]
         values[:, j] = canonical + strength * (full - canonical)
     return values
+
+
+def normalized_parameters(identity: np.ndarray, nuisance: np.ndarray) -> np.ndarray:
+    """Identity (N, Ki) and nuisance (N, Kn) physical values → (N, Ki + Kn) float32 in [-1, 1], in the
+    order of :data:`PARAMETER_NAMES`: the input of a renderer trained on SynthFaces (parameters → image)."""
+    lows = np.array([lo for lo, _ in _IDENTITY_RANGES.values()])
+    highs = np.array([hi for _, hi in _IDENTITY_RANGES.values()])
+    ident = (np.asarray(identity) - lows) / (highs - lows) * 2.0 - 1.0
+    signed = np.array([kind == "signed" for _, kind in _NUISANCE_SPEC.values()])
+    nuis = np.where(signed, nuisance, np.asarray(nuisance) * 2.0 - 1.0)
+    return np.concatenate([ident, nuis], axis=1).astype(np.float32)
 
 
 def split_identities(num_identities: int, seed: int, fractions: Sequence[float]) -> dict[str, np.ndarray]:

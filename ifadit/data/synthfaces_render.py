@@ -36,6 +36,18 @@ _LIP = torch.tensor([[0.72, 0.45, 0.42], [0.78, 0.30, 0.32], [0.70, 0.12, 0.18]]
 _OUTLINE = torch.tensor([0.18, 0.10, 0.08])
 
 _EYE_DEPTH = 0.82  # head depth / head width: features move with yaw by this much of the head width
+_ZOOM = 1.15  # the head fills more of the frame (as in FFHQ crops), so its details get more pixels
+_FRECKLES = 16  # the most freckles a face has
+
+
+def _pattern(seed: Tensor, count: int, salt: float) -> Tensor:
+    """(B,) pattern seeds in [0, 1) → (B, count) deterministic pseudo-random numbers in [0, 1).
+
+    A sine hash (as in shaders), in float64 so that every platform gets the same freckle positions.
+    """
+    k = torch.arange(count, dtype=torch.float64)
+    phase = seed.double()[:, None] * 97.31 + k * 7.123 + salt
+    return torch.frac(torch.sin(phase * 12.9898).abs() * 43758.5453).float()
 
 
 def _render_chunk(identity: Tensor, nuisance: Tensor, size: int) -> Tensor:
@@ -51,7 +63,7 @@ def _render_chunk(identity: Tensor, nuisance: Tensor, size: int) -> Tensor:
     # Pixel centres in canvas units, then into the face frame: undo per-image shift, roll and scale.
     coords = (torch.arange(size, dtype=torch.float32) + 0.5) * (2.0 / size) - 1.0
     gx, gy = coords[None, None, :], coords[None, :, None]
-    scale = 1.0 + 0.08 * n["scale"]
+    scale = _ZOOM * (1.0 + 0.08 * n["scale"])
     roll = 0.15 * n["roll"]
     cos_r, sin_r = torch.cos(roll), torch.sin(roll)
     shift_x, shift_y = 0.07 * n["shift_x"], 0.07 * n["shift_y"]
@@ -118,7 +130,8 @@ def _render_chunk(identity: Tensor, nuisance: Tensor, size: int) -> Tensor:
     # Ears sit on the head's sides; the far one disappears behind the head when turned.
     for side in (-1.0, 1.0):
         ex, ey, squash = project(side * ones * 0.97, p["ear_height"] + p["eye_height"] * 0.5)
-        ear_rx, ear_ry = p["ear_size"] * 0.55 * (0.5 + 0.5 * squash), p["ear_size"]
+        ear_rx = p["ear_size"] * (0.4 + 0.35 * p["ear_protrusion"]) * (0.5 + 0.5 * squash)
+        ear_ry = p["ear_size"]
         ear_x = ex + side * ear_rx * 0.5
         paint.paint(paint.alpha(paint.ellipse(ear_x, ey, ear_rx, ear_ry, grow=0.012)), outline)
         paint.paint(paint.alpha(paint.ellipse(ear_x, ey, ear_rx, ear_ry)), skin)
@@ -130,7 +143,10 @@ def _render_chunk(identity: Tensor, nuisance: Tensor, size: int) -> Tensor:
     narrowing = 1.0 - col(p["jaw_taper"]) * below * below
     px_rel = (x - col(head_x)) / (col(head_w) * narrowing)
     py_rel = (y - col(head_y)) / (col(head_h) * (1.0 + col(p["chin_length"]) * below))
-    head_d = (torch.hypot(px_rel, py_rel) - 1.0) * (
+    # Below the eye line the outline blends from an ellipse towards a squarer superellipse (exponent 2 … 5).
+    exponent = 2.0 + 3.0 * col(p["jaw_square"]) * (py_rel > 0)
+    radius = (px_rel.abs().pow(exponent) + py_rel.abs().pow(exponent)).pow(1.0 / exponent)
+    head_d = (radius - 1.0) * (
         col(torch.minimum(head_w, head_h) * paint.inv_pixel) * narrowing
     )
     paint.paint(paint.alpha(head_d - col(0.018 * paint.inv_pixel)), outline)
@@ -140,7 +156,10 @@ def _render_chunk(identity: Tensor, nuisance: Tensor, size: int) -> Tensor:
     # Where the small features land: one window for the whole chunk, so they cost a fraction of the frame.
     eye_rx = p["eye_size"]
     eye_ry = eye_rx * p["eye_aspect"] * (0.12 + 0.88 * n["eye_open"])
-    eyes = [project(side * p["eye_spacing"], p["eye_height"]) for side in (-1.0, 1.0)]
+    eyes = [
+        project(side * p["eye_spacing"], p["eye_height"] - side * 0.035 * p["eye_asymmetry"])
+        for side in (-1.0, 1.0)
+    ]
     eye_v = p["eye_height"]
     tip_v = eye_v + p["nose_length"] / head_h
     mouth_v = tip_v + p["mouth_gap"] / head_h
@@ -163,11 +182,14 @@ def _render_chunk(identity: Tensor, nuisance: Tensor, size: int) -> Tensor:
     face = paint.crop(rows, cols)
     on_skin = head_alpha[:, rows, cols]
 
-    # Cheeks.
+    # Cheeks: blush, and the shadow under the cheekbones.
     for side in (-1.0, 1.0):
         cx, cy, squash = project(side * ones * 0.55, ones * 0.25)
         cheek = face.alpha(face.ellipse(cx, cy, 0.09 * squash, ones * 0.06, grow=-0.035))
         face.paint(cheek * col(0.35 * p["cheek_blush"]), solid(0.95, 0.45, 0.45))
+        bone_x, bone_y, squash = project(side * ones * 0.7, ones * 0.4)
+        bone = face.curve(bone_x, bone_y, 0.08 * squash, ones * 0.0, side * 0.5, ones * 0.03, taper=0.95)
+        face.paint(face.alpha(bone) * on_skin * col(0.35 * p["cheekbones"]), shadow_skin * 0.9)
 
     # Eyes: outline, white, iris (clipped to the white), pupil, glint, lid; then brows.
     iris = palette(p["iris_colour"], _IRIS)
@@ -180,18 +202,28 @@ def _render_chunk(identity: Tensor, nuisance: Tensor, size: int) -> Tensor:
         face.paint(face.alpha(face.ellipse(ex, ey, rx, eye_ry, grow=0.016)) * visible, outline * 0.6)
         white_alpha = face.alpha(face.ellipse(ex, ey, rx, eye_ry)) * visible
         face.paint(white_alpha, solid(0.97, 0.97, 0.97))
-        iris_r = eye_rx * 0.58
+        iris_r = eye_rx * p["iris_size"]
         iris_x = ex + (0.45 * n["gaze_x"] * eye_rx - sin_y * eye_rx * 0.3) * squash
         iris_y = ey + 0.25 * n["gaze_y"] * eye_ry
         face.paint(face.alpha(face.ellipse(iris_x, iris_y, iris_r * squash, iris_r)) * white_alpha, iris)
+        rim = col(0.4 + 0.006 * face.inv_pixel)  # half-width in pixels
+        rim_d = face.ellipse(iris_x, iris_y, iris_r * squash, iris_r).abs_() - rim
+        face.paint(face.alpha(rim_d) * white_alpha * col(p["iris_ring"]), iris * 0.3)
         pupil_r = iris_r * 0.45
         face.paint(
             face.alpha(face.ellipse(iris_x, iris_y, pupil_r * squash, pupil_r)) * white_alpha, iris * 0.15
         )
         glint = face.ellipse(iris_x - iris_r * 0.3, iris_y - iris_r * 0.35, iris_r * 0.22, iris_r * 0.22)
         face.paint(face.alpha(glint) * white_alpha * 0.9, solid(1.0, 1.0, 1.0))
-        lid = face.curve(ex, ey - eye_ry * 0.75, rx * 1.05, eye_ry * 0.55, 0.0, ones * 0.012, taper=0.7)
-        face.paint(face.alpha(lid) * visible, outline * 0.4)
+        # Lids sloped by the eye's tilt (outer corner up for a positive tilt), lid weight, shadow below.
+        tilt = -side * 0.3 * p["eye_tilt"]
+        lid_t = 0.008 + 0.014 * p["lash_darkness"]
+        lid = face.curve(ex, ey - eye_ry * 0.75, rx * 1.1, eye_ry * 0.55, tilt, lid_t, taper=0.7)
+        face.paint(face.alpha(lid) * visible, outline * (0.5 - 0.4 * p["lash_darkness"][:, None]))
+        lower_lid = face.curve(ex, ey + eye_ry * 0.85, rx * 0.95, -eye_ry * 0.4, tilt * 0.6, ones * 0.006)
+        face.paint(face.alpha(lower_lid) * visible * 0.6, outline * 0.6)
+        bag = face.curve(ex, ey + eye_ry + 0.03, rx * 0.8, -ones * 0.02, tilt * 0.3, ones * 0.014, taper=0.9)
+        face.paint(face.alpha(bag) * visible * col(0.5 * p["under_eye"]), shadow_skin * 0.8)
 
         bx, _, _ = project(side * (p["eye_spacing"] + 0.02), p["eye_height"])
         by = ey - p["brow_gap"] - 0.05 * n["brow_raise"] - eye_ry * 0.3
@@ -202,6 +234,7 @@ def _render_chunk(identity: Tensor, nuisance: Tensor, size: int) -> Tensor:
             p["brow_arch"],
             -side * p["brow_slope"] * 0.35,
             p["brow_thickness"] * 0.5 + 0.004,
+            taper=p["brow_taper"][:, None, None],
         )
         face.paint(face.alpha(brow_d) * visible, brow)
 
@@ -212,23 +245,27 @@ def _render_chunk(identity: Tensor, nuisance: Tensor, size: int) -> Tensor:
     bridge_d = face.ellipse(
         (bridge_x + tip_x) * 0.5 + 0.3 * nose_w * sin_y,
         (bridge_y + tip_y) * 0.5,
-        nose_w * 0.45,
+        nose_w * p["nose_bridge"],
         (tip_y - bridge_y) * 0.9 + 0.03,
     )
     face.paint(face.alpha(bridge_d) * 0.35, shadow_skin * 0.9)
-    tip_d = face.ellipse(tip_x, tip_y, nose_w * (0.55 + 0.45 * tip_squash), nose_w * 0.55)
+    tip_r = nose_w * p["nose_tip"]
+    tip_d = face.ellipse(tip_x, tip_y, tip_r * (1.0 + 0.8 * tip_squash) * 0.55, tip_r)
     face.paint(face.alpha(tip_d) * 0.55, shadow_skin)
     highlight_d = face.ellipse(tip_x, tip_y - nose_w * 0.2, nose_w * 0.4, nose_w * 0.35)
     face.paint(face.alpha(highlight_d) * 0.6, (skin * 1.08).clamp(max=1.0))
     for side in (-1.0, 1.0):
         nostril = face.ellipse(
-            tip_x + side * nose_w * 0.55 * tip_squash, tip_y + nose_w * 0.3, nose_w * 0.26, nose_w * 0.17
+            tip_x + side * nose_w * 0.55 * tip_squash,
+            tip_y + nose_w * 0.3,
+            nose_w * p["nostril_size"],
+            nose_w * p["nostril_size"] * 0.65,
         )
         face.paint(face.alpha(nostril) * 0.85, outline * 0.7)
 
     # Facial hair, part of the identity: a beard over the jaw up to the sideburns, and a moustache.
     half_w = p["mouth_width"] * mouth_squash * (1.0 + 0.12 * n["smile"])
-    smile_bend = -0.045 * n["smile"]
+    smile_bend = -0.045 * (n["smile"] + 0.7 * p["mouth_corners"])
     opening = 0.075 * n["mouth_open"]
     lip_t = p["lip_thickness"]
     facial_hair = brow * 0.85 + skin * 0.15
@@ -265,7 +302,7 @@ def _render_chunk(identity: Tensor, nuisance: Tensor, size: int) -> Tensor:
         half_w,
         smile_bend,
         0.0,
-        lip_t * 0.8 + 0.007,
+        lip_t * p["upper_lip"] + 0.007,
         taper=0.8,
     )
     lower = face.curve(
@@ -284,10 +321,32 @@ def _render_chunk(identity: Tensor, nuisance: Tensor, size: int) -> Tensor:
     )
     face.paint(face.alpha(seam) * col((n["mouth_open"] < 0.15).float()) * 0.8, lips * 0.35)
 
-    # Mole (on the skin only).
-    mole_x, mole_y, _ = project(p["mole_u"], p["mole_v"])
-    mole_alpha = face.alpha(face.ellipse(mole_x, mole_y, ones * 0.022, ones * 0.022))
-    face.paint(mole_alpha * col((p["mole_present"] > 0.5).float()) * on_skin, outline * 0.5)
+    # Folds from the nose to the mouth corners, and a cleft chin.
+    for side in (-1.0, 1.0):
+        fold_x, fold_y, _ = project(side * (nose_w / head_w + 0.22), (tip_v + mouth_v) * 0.5 + 0.02)
+        fold = face.curve(fold_x, fold_y, 0.03 + 0.1 * nose_w, zeros, side * 1.5, ones * 0.007, taper=0.8)
+        face.paint(face.alpha(fold) * on_skin * col(0.45 * p["nasolabial"]), shadow_skin * 0.8)
+    chin_x, chin_y, _ = project(zeros, ones * (0.93 + p["chin_length"]))
+    cleft = face.ellipse(chin_x, chin_y - 0.035, ones * 0.007, ones * 0.03)
+    face.paint(face.alpha(cleft) * on_skin * col((p["chin_cleft"] > 0.6).float() * 0.7), shadow_skin * 0.75)
+
+    # Freckles over the nose and cheeks, their number and places part of the identity; then moles.
+    density = ((p["freckles"] - 0.5) * 2.0).clamp(min=0.0)
+    spots_u = _pattern(p["freckle_pattern"], _FRECKLES, 0.0) * 1.1 - 0.55
+    spots_v = _pattern(p["freckle_pattern"], _FRECKLES, 3.7) * 0.35 + 0.05
+    freckle = outline * 0.4 + skin * 0.5
+    for k in range(_FRECKLES):
+        fx, fy, _ = project(spots_u[:, k], spots_v[:, k])
+        present = col(((k + 0.5) / _FRECKLES < density).float())
+        dot = face.alpha(face.ellipse(fx, fy, ones * 0.011, ones * 0.011))
+        face.paint(dot * present * on_skin * 0.7, freckle)
+    for present, u, v in (
+        (p["mole_present"] > 0.5, p["mole_u"], p["mole_v"]),
+        (p["second_mole"] > 0.6, p["second_mole_u"], p["second_mole_v"]),
+    ):
+        mole_x, mole_y, _ = project(u, v)
+        mole_alpha = face.alpha(face.ellipse(mole_x, mole_y, p["mole_size"], p["mole_size"]))
+        face.paint(mole_alpha * col(present.float()) * on_skin, outline * 0.5)
 
     # Lighting: Lambertian shading from the head's ellipsoid normal, on the face only.
     nx = ((x - col(head_x)) / col(head_w)).clamp_(-1, 1)

@@ -131,6 +131,24 @@ def test_items_are_images_in_range_with_labels(tmp_path: Path) -> None:
     assert (item["image"] - rendered).abs().max() <= 1.0 / 127.5 + 1e-6
 
 
+def test_items_carry_every_parameter_they_were_rendered_from_in_minus_one_to_one(tmp_path: Path) -> None:
+    dataset = SynthFaces(tmp_path, "train", **SMALL)
+    params = torch.stack([dataset[i]["parameters"] for i in range(len(dataset))])
+    assert params.shape == (len(dataset), len(IDENTITY_NAMES) + len(NUISANCE_NAMES))
+    assert params.min() >= -1.0 and params.max() <= 1.0 and params.min() < -0.9 and params.max() > 0.9
+    labels = torch.tensor([dataset[i]["identity"] for i in range(len(dataset))])
+    identity_part = params[:, : len(IDENTITY_NAMES)]
+    for label in labels.unique():
+        rows = identity_part[labels == label]
+        assert torch.equal(rows, rows[:1].expand_as(rows))  # one identity, one set of identity parameters
+    assert not torch.equal(identity_part[labels == labels[0]][0], identity_part[labels != labels[0]][0])
+    # the nuisance part is the item's attributes, rescaled
+    signed = torch.tensor([kind == "signed" for _, kind in synthfaces_params._NUISANCE_SPEC.values()])
+    attributes = torch.stack([dataset[i]["attributes"] for i in range(len(dataset))])
+    expected = torch.where(signed, attributes, attributes * 2 - 1)
+    assert torch.allclose(params[:, len(IDENTITY_NAMES) :], expected, atol=1e-6)
+
+
 def test_cache_is_reused_without_rendering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = SynthFaces(tmp_path, "train", **SMALL)
     images_file = first.cache_dir / "train-images.npy"
