@@ -5,6 +5,8 @@ Phases (``phase``):
 
 - ``recognizer``  — the identity encoder learns identities with an ArcFace margin head (the stand-in for a
   pretrained ArcFace where none is available): :mod:`ifadit.training.recognizer`;
+- ``render``      — on SynthFaces, the generator and a parameter mapper learn to draw faces from their
+  parameters (the stand-in for a pretrained StyleGAN2): :mod:`ifadit.training.render`;
 - ``disentangle`` — phase 1: attribute encoder + mapper (+ the generator when it is not pretrained) learn to
   reconstruct ``x`` from ``(E_id(x), E_attr(x))``: :mod:`ifadit.training.disentangle`;
 - ``flow``        — phase 2: flow + compensator (+ a trainable key scheme), everything else frozen:
@@ -18,7 +20,6 @@ Each phase loads what it needs from the previous phase's checkpoint (``init_from
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -38,28 +39,27 @@ from ifadit.nets import AttributeEncoder, Discriminator, Generator, IdentityEnco
 from ifadit.nets.timm_encoders import ArcFaceHead
 from ifadit.recognizers import EncoderRecognizer
 from ifadit.training import (
+    VALIDATION_KEYS,
     Adversary,
     LossWeights,
     OptimizerConfig,
     ReplayBuffer,
+    build_model,
     encoding_each_image_once,
     flow_terms,
     keyed_summary,
+    latent_targets,
     load_components,
     recognizer_loss,
     reconstruction_terms,
+    render_terms,
+    sample_columns,
     training_keys,
     verification_metrics,
 )
 
-Phase = Literal["recognizer", "disentangle", "flow", "joint", "compensator"]
-PHASES: tuple[str, ...] = ("recognizer", "disentangle", "flow", "joint", "compensator")
-
-# Public, fixed validation keys: validation numbers stay comparable across epochs and runs. They are not
-# secrets (anyone can derive them from this source), and no user key is ever used in training or logged.
-VALIDATION_KEYS = tuple(
-    SecretKey(hashlib.sha256(f"ifadit/validation-key/{i}".encode()).digest()) for i in range(2)
-)
+Phase = Literal["recognizer", "render", "disentangle", "flow", "joint", "compensator"]
+PHASES: tuple[str, ...] = ("recognizer", "render", "disentangle", "flow", "joint", "compensator")
 
 # Verification threshold of the model's own encoder in the logged suite (re-identification rates): a
 # cosine of 0.5 lies between the same-identity (~0.7) and different-identity (~0) means of the quickstart's.
@@ -78,6 +78,8 @@ class IFADITTask(L.LightningModule):
         flow: ``F``, the key-conditioned normalizing flow on the identity vector.
         key_scheme: ``K``, a secret key to the flow's condition.
         compensator: ``C``, maps the identity read off an anonymized face back to the flow's output.
+        parameter_mapper: ``P``, SynthFaces parameters to W+ (trained with the generator in the render
+            phase; frozen in phase 1, where its codes are the ``latent_target``).
         discriminator: the critic of the adversarial terms (only kept when one is switched on).
         phase: which parts train and with which losses (see the module doc).
         init_from: a previous phase's checkpoint; every tensor whose name exists here is taken.
@@ -97,7 +99,7 @@ class IFADITTask(L.LightningModule):
 
     def __init__(
         self,
-        identity_encoder: IdentityEncoder,
+        identity_encoder: IdentityEncoder | None = None,
         attribute_encoder: AttributeEncoder | None = None,
         mapper: nn.Module | None = None,
         generator: Generator | None = None,
@@ -105,6 +107,7 @@ class IFADITTask(L.LightningModule):
         key_scheme: KeyScheme | None = None,
         compensator: nn.Module | None = None,
         discriminator: Discriminator | None = None,
+        parameter_mapper: nn.Module | None = None,
         phase: Phase = "flow",
         init_from: str | None = None,
         train_generator: bool = True,
@@ -124,7 +127,9 @@ class IFADITTask(L.LightningModule):
         if training_keys not in ("per_sample", "per_batch"):
             raise ValueError(f"training_keys must be 'per_sample' or 'per_batch', got {training_keys!r}")
         components = ["identity_encoder", "attribute_encoder", "mapper", "generator", "flow", "key_scheme"]
-        self.save_hyperparameters(ignore=[*components, "compensator", "discriminator", "losses", "optimizer"])
+        self.save_hyperparameters(
+            ignore=[*components, "compensator", "discriminator", "parameter_mapper", "losses", "optimizer"]
+        )
         self.phase = phase
         self.losses = LossWeights(**asdict(losses))
         self.losses.check()
@@ -141,61 +146,36 @@ class IFADITTask(L.LightningModule):
         self.discriminator: Discriminator | None = None
         self._predict_secret: SecretKey | None = None
         self._replay = ReplayBuffer(self.losses.replay_size, self.losses.replay_batch)
-        if phase == "recognizer":
+        self.parameter_mapper = parameter_mapper
+        self.generator: Generator | None = None  # the render phase's (inside ``model`` in the others)
+        if self.losses.latent_target and phase in ("disentangle", "joint") and parameter_mapper is None:
+            raise ValueError("losses.latent_target needs model.parameter_mapper (a trained renderer's)")
+        if phase != "render" and identity_encoder is None:
+            raise ValueError(f"phase {phase!r} needs the components: identity_encoder")
+        if phase == "render":
+            if generator is None or parameter_mapper is None:
+                raise ValueError("phase 'render' needs the components: generator, parameter_mapper")
+            self.generator = generator
+            self.discriminator = self._checked_discriminator(discriminator)
+        elif phase == "recognizer":
             self.recognizer = identity_encoder
             if num_identities is not None:
                 self.arcface_head = ArcFaceHead(
                     identity_encoder.embedding_dim, num_identities, scale=arcface_scale, margin=arcface_margin
                 )
         else:
-            self.model = self._build_model(
-                identity_encoder,
-                attribute_encoder,
-                mapper,
-                generator,
-                flow,
-                key_scheme,
-                compensator,
-                key_mapping_from_generator,
-            )
+            parts = (identity_encoder, attribute_encoder, mapper, generator, flow, key_scheme, compensator)
+            self.model = build_model(phase, *parts, key_mapping_from_generator=key_mapping_from_generator)
             self.discriminator = self._checked_discriminator(discriminator)
         if init_from:
             self.load_components(init_from)
         self._configure_trainable()
         self.train()  # Lightning never calls train() before fitting: frozen parts must start in eval mode
 
-    def _build_model(
-        self,
-        identity_encoder: IdentityEncoder,
-        attribute_encoder: AttributeEncoder | None,
-        mapper: nn.Module | None,
-        generator: Generator | None,
-        flow: KeyedFlow | None,
-        key_scheme: KeyScheme | None,
-        compensator: nn.Module | None,
-        key_mapping_from_generator: bool,
-    ) -> IFADIT:
-        keyed = self.phase != "disentangle"
-        needed = {"attribute_encoder": attribute_encoder, "mapper": mapper, "generator": generator}
-        if keyed:
-            needed.update(flow=flow, key_scheme=key_scheme)
-        if self.phase == "compensator":
-            needed.update(compensator=compensator)
-        missing = [name for name, part in needed.items() if part is None]
-        if missing:
-            raise ValueError(f"phase {self.phase!r} needs the components: {', '.join(missing)}")
-        if keyed and key_mapping_from_generator:
-            # The paper's key mapper: the (frozen, pretrained) StyleGAN2 mapping network.
-            if not hasattr(key_scheme, "attach_mapping"):
-                raise ValueError(f"{type(key_scheme).__name__} cannot use a generator's mapping network")
-            key_scheme.attach_mapping(generator.map)
-        flow, key_scheme = (flow, key_scheme) if keyed else (None, None)
-        return IFADIT(identity_encoder, attribute_encoder, mapper, generator, flow, key_scheme, compensator)
-
     def _checked_discriminator(self, discriminator: Discriminator | None) -> Discriminator | None:
         """The discriminator when an adversarial term of this phase uses it (else it is not kept)."""
         w = self.losses
-        adversarial = w.adversarial if self.phase in ("disentangle", "joint") else 0.0
+        adversarial = w.adversarial if self.phase in ("render", "disentangle", "joint") else 0.0
         anonymized = w.anonymized_adversarial if self.phase in ("flow", "joint") else 0.0
         if not (adversarial or anonymized):
             return None
@@ -204,17 +184,21 @@ class IFADITTask(L.LightningModule):
                 f"losses.adversarial / anonymized_adversarial in phase {self.phase!r} "
                 "need model.discriminator"
             )
-        assert self.model is not None
-        if discriminator.size != self.model.generator.size:
+        if discriminator.size != self.rendering_generator.size:
             raise ValueError(
                 f"the discriminator takes {discriminator.size} px images, the generator renders "
-                f"{self.model.generator.size} px"
+                f"{self.rendering_generator.size} px"
             )
         return discriminator
 
     @property
-    def identity_encoder(self) -> IdentityEncoder:
+    def identity_encoder(self) -> IdentityEncoder | None:
         return self.recognizer if self.model is None else self.model.identity_encoder
+
+    @property
+    def rendering_generator(self) -> Generator | None:
+        """The generator of this phase, wherever it lives (None in the recognizer phase)."""
+        return self.generator if self.model is None else self.model.generator
 
     # -- set-up ---
     def setup(self, stage: str) -> None:
@@ -234,10 +218,12 @@ class IFADITTask(L.LightningModule):
     def trainable_parts(self) -> list[nn.Module]:
         """The components this phase trains; every other one is frozen and stays in eval mode."""
         m = self.model
+        critic = [self.discriminator] if self.discriminator is not None else []
+        if self.phase == "render":
+            return [self.parameter_mapper, self.generator, *critic]
         if m is None:
             return [self.identity_encoder, *([self.arcface_head] if self.arcface_head is not None else [])]
         generator = [m.generator] if self.train_generator else []
-        critic = [self.discriminator] if self.discriminator is not None else []
         if self.phase == "disentangle":
             return [m.attribute_encoder, m.mapper, *generator, *critic]
         if self.phase == "compensator":
@@ -278,7 +264,8 @@ class IFADITTask(L.LightningModule):
         load_components(self, path, self.phase)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | OptimizerLRSchedulerConfig:
-        generator = {id(p) for p in self.model.generator.parameters()} if self.model is not None else set()
+        rendering = self.rendering_generator
+        generator = {id(p) for p in rendering.parameters()} if rendering is not None else set()
         critic = {id(p) for p in self.discriminator.parameters()} if self.discriminator is not None else set()
         params = [p for p in self.parameters() if p.requires_grad]
         generator_lr = self.optim.generator_lr or self.optim.lr
@@ -320,17 +307,21 @@ class IFADITTask(L.LightningModule):
             self.log("train/loss", loss, prog_bar=True)
             return loss
         m, w = self.model, self.losses
-        assert m is not None
         keys = self.sample_keys
         adversary = None
         if self.discriminator is not None:
             adversary = Adversary(self.discriminator, w.r1, w.r1_interval, self.global_step)
         terms: dict[str, Tensor] = {}
         encoded = None
+        if self.phase == "render":
+            parts = (self.parameter_mapper, self.generator)
+            terms.update(render_terms(*parts, w, x, batch["parameters"], adversary)[0])
         if self.phase == "compensator":
             terms["latent_recovery"] = w.latent_recovery * self._replay.loss(m, x, keys)
         if self.phase in ("disentangle", "joint"):
-            reconstruction, encoded = reconstruction_terms(m, w, x, batch.get("swap_image"), adversary)
+            reconstruction, encoded = reconstruction_terms(
+                m, w, x, batch.get("swap_image"), adversary, latent_targets(self.parameter_mapper, w, batch)
+            )
             terms.update(reconstruction)
         if self.phase in ("flow", "joint"):
             terms.update(flow_terms(m, w, x, keys, encoded, adversary, frozen_front=self.phase == "flow"))
@@ -357,7 +348,19 @@ class IFADITTask(L.LightningModule):
             metrics = verification_metrics(self.identity_encoder(x), batch["identity"])
             self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, sync_dist=True)
             return
-        m = self.model
+        if self.phase == "render":
+            x_hat, metrics = self.generator(self.parameter_mapper(batch["parameters"])), {}
+        else:
+            x_hat, metrics = self._reconstruct_and_score(batch, stage)
+        metrics["recon_l1"] = F.l1_loss(x_hat, x)
+        metrics["recon_psnr"] = kornia.metrics.psnr((x_hat + 1) / 2, (x + 1) / 2, 1.0)
+        if self.phase in ("render", "disentangle"):
+            metrics["score"] = metrics["recon_l1"]
+        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, sync_dist=True)
+
+    def _reconstruct_and_score(self, batch: dict[str, Tensor], stage: str) -> tuple[Tensor, dict]:
+        """The reconstruction of the batch, and the suite's update with a flow."""
+        m, x = self.model, batch["image"]
         assert m is not None
         with encoding_each_image_once(m.identity_encoder, m.attribute_encoder):
             if self.phase == "disentangle":
@@ -365,13 +368,10 @@ class IFADITTask(L.LightningModule):
                 identity_cos = F.cosine_similarity(m.identity_encoder(x_hat), m.identity_encoder(x)).mean()
                 metrics = {"recon_id_cos": identity_cos}
             else:
-                rendered = self._suite(stage).update(m, x, VALIDATION_KEYS[0], labels=batch.get("identity"))
+                suite = self._suite(stage)
+                rendered = suite.update(m, x, VALIDATION_KEYS[0], labels=batch.get("identity"))
                 x_hat, metrics = rendered["reconstruction"], {}
-        metrics["recon_l1"] = F.l1_loss(x_hat, x)
-        metrics["recon_psnr"] = kornia.metrics.psnr((x_hat + 1) / 2, (x + 1) / 2, 1.0)
-        if self.phase == "disentangle":
-            metrics["score"] = metrics["recon_l1"]
-        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, sync_dist=True)
+        return x_hat, metrics
 
     def _suite(self, stage: str) -> AnonymizationSuite:
         """The shared metrics suite, judged by the model's own identity encoder. A plain dict keeps it out
@@ -414,29 +414,14 @@ class IFADITTask(L.LightningModule):
 
     # -- samples ---
     @torch.no_grad()
-    def sample_columns(self, images: Tensor) -> dict[str, Tensor] | None:
-        """The sample grid's columns by label: original | reconstruction in phase 1; original | key A |
-        key B | recovered | wrong key (B's recovery of A's face) with a flow. None in the recognizer phase."""
-        if self.model is None:
-            return None
-        images = images[: self.val_sample_count]
+    def sample_columns(self, images: Tensor, parameters: Tensor | None = None) -> dict[str, Tensor] | None:
+        """The sample grid's columns by label (:func:`ifadit.training.sample_columns`), in eval mode."""
         was_training = self.training
         self.eval()
         try:
-            m = self.model
-            if self.phase == "disentangle":
-                return {"original": images, "reconstruction": m.reconstruct(images)}
-            n = images.shape[0]
-            cond_a = m.key_scheme(VALIDATION_KEYS[0], batch_size=n).to(images.device)
-            cond_b = m.key_scheme(VALIDATION_KEYS[1], batch_size=n).to(images.device)
-            anon_a, recovered = m.anonymize_and_recover(images, cond_a)
-            return {
-                "original": images,
-                "key A": anon_a.image,
-                "key B": m.anonymize(images, cond_b).image,
-                "recovered": recovered.image,
-                "wrong key": m.recover(anon_a.image, cond_b).image,
-            }
+            renderer = (self.parameter_mapper, self.generator) if self.phase == "render" else None
+            images = images[: self.val_sample_count]
+            return sample_columns(self.phase, self.model, images, parameters, renderer)
         finally:
             self.train(was_training)
 

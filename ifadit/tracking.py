@@ -357,6 +357,7 @@ class ImageGridCallback(L.Callback):
         self.num_images = num_images
         self.on_validation = on_validation
         self.fixed_images: Tensor | None = None
+        self.fixed_parameters: Tensor | None = None  # SynthFaces parameters of those images (render phase)
         self.logged: set[tuple[str, int]] = set()
 
     def on_validation_batch_end(
@@ -365,36 +366,55 @@ class ImageGridCallback(L.Callback):
     ) -> None:
         if self.fixed_images is None and batch_idx == 0 and dataloader_idx == 0:
             self.fixed_images = batch["image"][: self.num_images].detach().cpu().clone()
+            if "parameters" in batch:
+                self.fixed_parameters = batch["parameters"][: self.num_images].detach().cpu().clone()
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.on_validation and not trainer.sanity_checking and self.fixed_images is not None:
-            self.log_grid(trainer, pl_module, self.fixed_images, key=self.VAL_KEY)
+            images, parameters = self.fixed_images, self.fixed_parameters
+            self.log_grid(trainer, pl_module, images, key=self.VAL_KEY, parameters=parameters)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
         if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
-            images = self.fixed_images if self.fixed_images is not None else batch["image"][: self.num_images]
-            self.log_grid(trainer, pl_module, images)
+            if self.fixed_images is not None:
+                images, parameters = self.fixed_images, self.fixed_parameters
+            else:
+                images, parameters = batch["image"][: self.num_images], batch.get("parameters")
+            self.log_grid(trainer, pl_module, images, parameters=parameters)
 
     @staticmethod
-    def render(pl_module: L.LightningModule, images: Tensor) -> np.ndarray | None:
-        """The module's grid for ``images`` as (H, W, 3) uint8, or None when it has none."""
+    def render(
+        pl_module: L.LightningModule, images: Tensor, parameters: Tensor | None = None
+    ) -> np.ndarray | None:
+        """The module's grid for ``images`` (and their SynthFaces ``parameters``, which the render phase
+        draws from) as (H, W, 3) uint8, or None when it has none."""
         images = images.to(pl_module.device)
         sample_columns = getattr(pl_module, "sample_columns", None)
-        columns = sample_columns(images) if callable(sample_columns) else None
+        if not callable(sample_columns):
+            return None
+        if parameters is None:
+            columns = sample_columns(images)
+        else:
+            columns = sample_columns(images, parameters.to(pl_module.device))
         return None if columns is None else labelled_grid(columns)
 
     def log_grid(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, images: Tensor, key: str = TRAIN_KEY
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        images: Tensor,
+        key: str = TRAIN_KEY,
+        parameters: Tensor | None = None,
     ) -> tuple[str, int] | None:
         """Render and log one grid; returns its (key, step) (None on other ranks, without a grid, or when
         this step's grid under this key is already logged)."""
         entry = (key, trainer.global_step)
         if not trainer.is_global_zero or entry in self.logged:
             return None
-        pixels = self.render(pl_module, images)
+        pixels = self.render(pl_module, images, parameters)
         if pixels is None:
             return None
         logger = find_mlflow_logger(trainer)

@@ -1,20 +1,24 @@
 """Pretrained-checkpoint manifest, resolver and by-name loading.
 
-Nothing here downloads: a checkpoint is an explicit path from a recipe, or a file in the weights folder
-(``$IFADIT_WEIGHTS``, default ``~/.cache/ifadit/weights``). A missing file gives one error that says
-what it is, where it was looked for, where to obtain it and the sha256 expected; a file whose tensors do
-not match the module gives the first mismatching key and both shapes.
+Nothing here downloads: a checkpoint is an explicit path from a recipe, a file in the weights folder
+(``$IFADIT_WEIGHTS``, default ``~/.cache/ifadit/weights``), or a weight file shipped inside the package
+(the SynthFaces foundations, listed in :data:`SHIPPED_MANIFEST` with their sha256, which is always checked).
+A missing file gives one error that says what it is, where it was looked for, where to obtain it and the
+sha256 expected; a file whose tensors do not match the module gives the first mismatching key and both
+shapes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -33,14 +37,45 @@ class WeightSpec:
     source: str  # where a user obtains it (we never fetch it)
     sha256: str | None = None  # None where the publisher gives none
     description: str = ""
+    shipped: bool = False  # the file ships inside the package (SHIPPED_DIR), not in the weights folder
 
 
 MANIFEST: dict[str, WeightSpec] = {}
+
+# The foundations: safetensors files shipped in the package, listed with their sha256 in manifest.json beside
+# them (written by ``python -m ifadit.foundations export``).
+SHIPPED_DIR = Path(__file__).resolve().parent / "foundations"
+SHIPPED_MANIFEST = SHIPPED_DIR / "manifest.json"
 
 
 def register_weights(spec: WeightSpec) -> WeightSpec:
     MANIFEST[spec.name] = spec
     return spec
+
+
+def register_shipped(manifest: str | os.PathLike[str] = SHIPPED_MANIFEST) -> list[WeightSpec]:
+    """Register every entry of a shipped-weights manifest (``{name: {filename, sha256, description}}``)."""
+    path = Path(manifest)
+    if not path.is_file():
+        return []
+    try:
+        entries = json.loads(path.read_text())
+        return [
+            register_weights(
+                WeightSpec(
+                    name=name,
+                    filename=entry["filename"],
+                    layout="safetensors",
+                    source=f"shipped with ifadit ({entry.get('recipe', 'recipes/foundations')})",
+                    sha256=entry["sha256"],
+                    description=entry.get("description", ""),
+                    shipped=True,
+                )
+            )
+            for name, entry in entries.items()
+        ]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise WeightsError(f"{path}: not a valid weights manifest ({type(exc).__name__}: {exc})") from exc
 
 
 def weights_dir() -> Path:
@@ -69,12 +104,15 @@ def resolve(name: str, path: str | os.PathLike[str] | None = None, verify: bool 
         if spec is None:
             known = ", ".join(sorted(MANIFEST)) or "(none)"
             raise WeightsError(f"unknown checkpoint {name!r} and no path given; known: {known}")
-        candidate = weights_dir() / spec.filename
+        candidate = (SHIPPED_DIR if spec.shipped else weights_dir()) / spec.filename
         looked = [candidate]
+        verify = verify or spec.shipped
     if not candidate.is_file():
         where = " or ".join(str(p) for p in looked)
         hint = ""
-        if spec is not None:
+        if spec is not None and spec.shipped:
+            hint = f"; it ships with ifadit: restore it from the repository (git checkout -- {candidate})"
+        elif spec is not None:
             sha = spec.sha256 or "not published"
             hint = (
                 f"; put {spec.filename!r} ({spec.description or spec.layout}) into {weights_dir()} "
@@ -93,14 +131,31 @@ def resolve(name: str, path: str | os.PathLike[str] | None = None, verify: bool 
 
 def load_checkpoint(path: str | os.PathLike[str], weights_only: bool = True, mmap: bool = False) -> Any:
     """``torch.load`` on the CPU; ``weights_only=True`` unless a layout needs pickled objects. ``mmap``:
-    tensors stay on disk until touched (for reading a checkpoint's metadata without its weights)."""
+    tensors stay on disk until touched (for reading a checkpoint's metadata without its weights).
+    A ``.safetensors`` file is read as its flat dict of tensors."""
     try:
+        if Path(path).suffix == ".safetensors":
+            return safetensors.torch.load_file(Path(path), device="cpu")
         return torch.load(Path(path), map_location="cpu", weights_only=weights_only, mmap=mmap)
     except FileNotFoundError as exc:
         raise WeightsError(f"checkpoint file not found: {path}") from exc
     except Exception as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         raise WeightsError(f"cannot read checkpoint {path}: {type(exc).__name__}: {first_line}") from exc
+
+
+def load_component_checkpoint(module: nn.Module, checkpoint: str | os.PathLike[str]) -> None:
+    """A manifest name or a path of a state dict this component class saved (a bare dict, one under
+    ``state_dict``, or DataParallel's ``module.`` keys), loaded strictly; half-precision files are cast to
+    the module's dtype."""
+    name = str(checkpoint)
+    path = resolve(name) if name in MANIFEST else resolve(name, path=checkpoint)
+    state = load_checkpoint(path)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if state and all(k.startswith("module.") for k in state):
+        state = strip_prefix(state, "module.")
+    load_state_dict_by_name(module, state, what=str(path))
 
 
 def strip_prefix(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
@@ -133,3 +188,6 @@ def load_state_dict_by_name(
                 f"— is it the right layout for {type(module).__name__}?"
             )
     module.load_state_dict(dict(state_dict), strict=strict)
+
+
+register_shipped()

@@ -249,7 +249,11 @@ class _RandomFaces(L.LightningDataModule):
     def __init__(self) -> None:
         super().__init__()
         images = torch.rand(24, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
-        self.items = [{"image": image, "identity": torch.tensor(i % 6)} for i, image in enumerate(images)]
+        parameters = torch.rand(24, 86, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        self.items = [
+            {"image": image, "identity": torch.tensor(i % 6), "parameters": parameters[i]}
+            for i, image in enumerate(images)
+        ]
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.items, batch_size=8)
@@ -431,6 +435,7 @@ def test_the_critic_has_its_own_learning_rate_group():
 
 _TRAINED = {
     "recognizer": ("recognizer", "arcface_head"),
+    "render": ("parameter_mapper", "generator"),
     "disentangle": ("model.attribute_encoder", "model.mapper", "model.generator"),
     "flow": ("model.flow", "model.compensator"),
     "joint": (
@@ -451,11 +456,16 @@ class _ModeSpy(IFADITTask):
 @pytest.mark.parametrize("phase", sorted(_TRAINED))
 def test_trainable_parts_train_and_frozen_parts_stay_in_eval_mode_inside_training_step(tmp_path, phase):
     parts = _parts()
+    parameter_mapper = registry.create("mappers", "parameters", n_parameters=86, n_styles=8, style_dim=32)
     if phase == "recognizer":
         task = _ModeSpy(identity_encoder=parts["identity_encoder"], phase=phase, num_identities=6)
+    elif phase == "render":
+        task = _ModeSpy(generator=parts["generator"], parameter_mapper=parameter_mapper, phase=phase)
+    elif phase == "disentangle":  # with a frozen parameter mapper giving W+ targets
+        parts.pop("flow"), parts.pop("key_scheme")
+        task = _ModeSpy(**parts, parameter_mapper=parameter_mapper, phase=phase,
+                        losses=LossWeights(latent_target=1.0))
     else:
-        if phase == "disentangle":
-            parts.pop("flow"), parts.pop("key_scheme")
         compensator = registry.create("mappers", "compensator", dim=32, hidden=[16])
         task = _ModeSpy(**parts, compensator=compensator, phase=phase,
                         losses=LossWeights(replay_size=8, replay_batch=4))

@@ -19,6 +19,8 @@ from itertools import pairwise
 import torch
 from torch import Tensor, nn
 
+from ifadit.weights import load_component_checkpoint
+
 NEGATIVE_SLOPE = 0.2
 
 
@@ -114,3 +116,38 @@ class CompensationMLP(nn.Module):
                 f"expected embeddings with last dimension {self.dim}, got {tuple(embedding.shape)}"
             )
         return self.model(embedding)
+
+
+class ParameterMapper(nn.Module):
+    """A renderer's front: SynthFaces parameters (B, n_parameters) in [-1, 1] -> W+ (B, n_styles, style_dim).
+
+    SynthFaces knows every parameter an image was rendered from, so a generator can be trained as a
+    supervised renderer (parameters -> image: one right answer per image, nothing to average) through this
+    MLP, before the encoders learn to invert it. Its W+ codes are then phase 1's latent targets.
+    ``checkpoint``: a manifest name or a path of a state dict of this class.
+    """
+
+    def __init__(
+        self,
+        n_parameters: int,
+        n_styles: int,
+        style_dim: int,
+        hidden: int = 512,
+        depth: int = 3,
+        negative_slope: float = NEGATIVE_SLOPE,
+        checkpoint: str | None = None,
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        self.n_parameters, self.n_styles, self.style_dim = n_parameters, n_styles, style_dim
+        self.model = _leaky_mlp((n_parameters, *[hidden] * (depth - 1), n_styles * style_dim), negative_slope)
+        if checkpoint is not None:
+            load_component_checkpoint(self, checkpoint)
+
+    def forward(self, parameters: Tensor) -> Tensor:
+        if parameters.dim() != 2 or parameters.shape[1] != self.n_parameters:
+            raise ValueError(
+                f"expected parameters of shape (batch, {self.n_parameters}), got {tuple(parameters.shape)}"
+            )
+        return self.model(parameters).view(-1, self.n_styles, self.style_dim)

@@ -85,6 +85,9 @@ def read_rosinality_checkpoint(
     Training checkpoints also pickle their ``argparse.Namespace`` as ``args``; that one class is
     allowed so ``weights_only=True`` still loads them.
     """
+    if Path(path).suffix == ".safetensors":  # ifadit's own shipped generators: a bare state dict
+        state = dict(load_checkpoint(path))
+        return state, state.pop("latent_avg", None)
     with torch.serialization.safe_globals([argparse.Namespace]):
         ckpt = load_checkpoint(path, weights_only=True)
     if not isinstance(ckpt, Mapping):

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ifadit.nets.base import AttributeEncoder, IdentityEncoder
 from ifadit.nets.image import resize_square
-from ifadit.weights import load_checkpoint, load_state_dict_by_name, strip_prefix
+from ifadit.weights import load_component_checkpoint
 
 
 class _ImageAdapter(nn.Module):
@@ -53,16 +53,6 @@ def _channels_last(backbone: nn.Module) -> nn.Module:
     return backbone.to(memory_format=torch.channels_last)
 
 
-def _load_own_checkpoint(module: nn.Module, checkpoint: str | os.PathLike[str]) -> None:
-    """A state dict this class saved earlier (optionally wrapped by DataParallel / under ``state_dict``)."""
-    state = load_checkpoint(checkpoint)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if state and all(k.startswith("module.") for k in state):
-        state = strip_prefix(state, "module.")
-    load_state_dict_by_name(module, state, what=str(checkpoint))
-
-
 class TimmIdentityEncoder(IdentityEncoder):
     """timm backbone + BN/linear/BN embedding head, L2-normalised (the usual ArcFace head layout).
 
@@ -92,7 +82,7 @@ class TimmIdentityEncoder(IdentityEncoder):
             nn.BatchNorm1d(embedding_dim),
         )
         if checkpoint is not None:
-            _load_own_checkpoint(self, checkpoint)
+            load_component_checkpoint(self, checkpoint)
         if frozen:
             self.requires_grad_(False)
             self.train(False)
@@ -202,7 +192,7 @@ class TimmAttributeEncoder(AttributeEncoder):
                 nn.GroupNorm(1, feature_channels), nn.Conv2d(feature_channels, style_dim, 1)
             )
         if checkpoint is not None:
-            _load_own_checkpoint(self, checkpoint)
+            load_component_checkpoint(self, checkpoint)
 
     def train(self, mode: bool = True) -> TimmAttributeEncoder:
         super().train(mode)

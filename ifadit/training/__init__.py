@@ -4,6 +4,7 @@ dispatches to them. Nothing here imports Lightning."""
 from ifadit.training.adversarial import Adversary
 from ifadit.training.checkpoint import load_components
 from ifadit.training.compensator import ReplayBuffer
+from ifadit.training.components import build_model
 from ifadit.training.disentangle import reconstruction_terms
 from ifadit.training.flow import flow_terms, training_keys
 from ifadit.training.losses import (
@@ -15,9 +16,12 @@ from ifadit.training.losses import (
     identity_loss,
 )
 from ifadit.training.recognizer import recognizer_loss, verification_metrics
+from ifadit.training.render import latent_targets, render_terms, swapped_parameters
+from ifadit.training.samples import VALIDATION_KEYS, sample_columns
 from ifadit.training.validation import encoding_each_image_once, keyed_summary
 
 __all__ = [
+    "VALIDATION_KEYS",
     "Adversary",
     "Encoded",
     "LossWeights",
@@ -25,13 +29,18 @@ __all__ = [
     "ReplayBuffer",
     "anonymity_loss",
     "batch_diversity_loss",
+    "build_model",
     "encoding_each_image_once",
     "flow_terms",
     "identity_loss",
     "keyed_summary",
+    "latent_targets",
     "load_components",
     "recognizer_loss",
     "reconstruction_terms",
+    "render_terms",
+    "sample_columns",
+    "swapped_parameters",
     "training_keys",
     "verification_metrics",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+import kornia
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -42,14 +43,32 @@ class Encoded(NamedTuple):
     render: Tensor
 
 
+def pixel_terms(weights: LossWeights, rendered: Tensor, target: Tensor) -> dict[str, Tensor]:
+    """The weighted L1, squared-error and SSIM terms of a render against its target image."""
+    w, terms = weights, {}
+    if w.l1:
+        terms["l1"] = w.l1 * F.l1_loss(rendered, target)
+    if w.l2:
+        terms["l2"] = w.l2 * F.mse_loss(rendered, target)
+    if w.ssim:
+        # kornia's SSIM loss is (1 - SSIM) / 2 on [0, 1] images
+        terms["ssim"] = w.ssim * kornia.losses.ssim_loss((rendered + 1) / 2, (target + 1) / 2, window_size=7)
+    return terms
+
+
 @dataclass
 class LossWeights:
     """Every loss weight of every phase; 0 switches a term off and skips its computation (the ablations).
 
     Args:
-        l1: phase 1: L1 of the reconstruction ``G(M(E_id(x), E_attr(x)))`` to ``x``.
-        l2: phase 1: squared error of the reconstruction (the official code's pSp options weight it 1.0).
-        ssim: phase 1: ``(1 - SSIM) / 2`` of the reconstruction (kornia, 7 px window).
+        l1: phase 1 and the render phase: L1 of the reconstruction ``G(M(E_id(x), E_attr(x)))`` (a render
+            ``G(P(parameters))``) to ``x``.
+        l2: phase 1 and the render phase: squared error of the reconstruction (the official code's pSp
+            options weight it 1.0).
+        ssim: phase 1 and the render phase: ``(1 - SSIM) / 2`` of the reconstruction (kornia, 7 px window).
+        latent_target: phase 1 on SynthFaces: squared error of ``M(E_id(x), E_attr(x))`` to the W+ codes a
+            pretrained renderer's parameter mapper gives ``x``'s parameters (``model.parameter_mapper``),
+            and of a swap to the codes of the swapped parameters: a target for every style, no render.
         identity: phase 1: the reconstruction keeps the identity, ``1 - max(cos, margin)``.
         swap_identity: phase 1: a render of another face's identity carries that identity, so the generator
             must use the identity vector.
@@ -89,6 +108,7 @@ class LossWeights:
     identity: float = 1.0
     swap_identity: float = 0.5
     swap_pixel: float = 0.0
+    latent_target: float = 0.0
     adversarial: float = 0.0
     anonymized_adversarial: float = 0.0
     r1: float = 0.0

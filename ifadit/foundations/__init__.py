@@ -1,0 +1,89 @@
+"""The SynthFaces foundations: pretrained networks shipped inside the package as safetensors.
+
+The quickstart stands on them as the paper stands on pretrained StyleGAN2 and ArcFace weights. Each is
+trained by a recipe in ``recipes/foundations/`` and exported here by ``python -m ifadit.foundations``
+(``make foundations`` does both), which writes ``<name>.safetensors`` and its sha256 into
+``manifest.json``; :mod:`ifadit.weights` registers that manifest, so components load the files by name
+(``checkpoint: synthfaces64-identity-encoder``) through the same resolver as public checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from ifadit.weights import SHIPPED_DIR, SHIPPED_MANIFEST, WeightsError, load_checkpoint, sha256_of
+
+
+@dataclass(frozen=True)
+class Foundation:
+    """One shipped network: the run that trains it and where its tensors sit in that run's checkpoint."""
+
+    name: str
+    run: str  # run folder under outputs/checkpoints/ifadit (the recipe's default run name)
+    prefix: str  # the component's key prefix in the Lightning checkpoint
+    recipe: str
+    description: str
+
+
+FOUNDATIONS: tuple[Foundation, ...] = (
+    Foundation(
+        "synthfaces64-identity-encoder", "foundations-recognizer", "recognizer.",
+        "recipes/foundations/recognizer.yaml",
+        "identity encoder E_id: RegNetX-200MF, 128-d ArcFace embedding of 64 px SynthFaces",
+    ),
+    Foundation(
+        "synthfaces64-judge", "foundations-judge", "recognizer.", "recipes/foundations/judge.yaml",
+        "independent judge: ResNet-10t, 128-d ArcFace embedding of 64 px SynthFaces (scores only)",
+    ),
+    Foundation(
+        "synthfaces64-generator", "foundations-renderer", "generator.", "recipes/foundations/renderer.yaml",
+        "StyleGAN2 generator, 64 px, style_dim 128, trained as a SynthFaces renderer",
+    ),
+    Foundation(
+        "synthfaces64-parameter-mapper", "foundations-renderer", "parameter_mapper.",
+        "recipes/foundations/renderer.yaml",
+        "the renderer's parameter mapper: 86 SynthFaces parameters -> W+ (10 x 128)",
+    ),
+)
+
+
+def export(
+    foundation: Foundation,
+    checkpoint: str | Path,
+    folder: Path = SHIPPED_DIR,
+    dtype: torch.dtype = torch.float16,
+) -> dict[str, str]:
+    """Write ``foundation``'s tensors from a Lightning checkpoint as ``<name>.safetensors`` in ``folder``
+    (floating tensors in ``dtype``) and return its manifest entry."""
+    state = load_checkpoint(checkpoint, weights_only=True, mmap=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else None
+    if not isinstance(state, dict):
+        raise WeightsError(f"{checkpoint} holds no state dict")
+    tensors = {
+        key[len(foundation.prefix) :]: (value.to(dtype) if value.is_floating_point() else value).contiguous()
+        for key, value in state.items()
+        if key.startswith(foundation.prefix)
+    }
+    if not tensors:
+        raise WeightsError(f"{checkpoint} has no tensors under {foundation.prefix!r} for {foundation.name}")
+    path = Path(folder) / f"{foundation.name}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(tensors, path)
+    return {
+        "filename": path.name,
+        "sha256": sha256_of(path),
+        "description": foundation.description,
+        "recipe": foundation.recipe,
+    }
+
+
+def update_manifest(entries: dict[str, dict[str, str]], manifest: Path = SHIPPED_MANIFEST) -> None:
+    """Merge ``entries`` into the manifest (other entries stay), keys sorted so diffs stay small."""
+    current = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    current.update(entries)
+    manifest.write_text(json.dumps(dict(sorted(current.items())), indent=2) + "\n")

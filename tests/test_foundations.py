@@ -1,0 +1,141 @@
+"""The foundations road: the render phase, phase 1's W+ targets, and shipped safetensors loaded by name."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ifadit import registry, weights
+from ifadit.foundations import FOUNDATIONS, Foundation, export, update_manifest
+from ifadit.lightning_cli import cli_main
+from ifadit.training import LossWeights, render_terms, swapped_parameters
+from ifadit.training.render import latent_targets
+from ifadit.weights import MANIFEST, WeightsError, register_shipped
+
+ROOT = Path(__file__).resolve().parents[1]
+FOUNDATION_RECIPES = sorted((ROOT / "recipes/foundations").glob("*.yaml"))
+
+
+def _renderer(size: int = 32, style_dim: int = 32):
+    generator = registry.create("generators", "stylegan2", size=size, style_dim=style_dim, n_mlp=2,
+                                max_channels=16)
+    mapper = registry.create("mappers", "parameters", n_parameters=86, n_styles=generator.n_latent,
+                             style_dim=style_dim, hidden=64)
+    return mapper, generator
+
+
+def test_the_render_phase_fits_a_batch_through_generator_and_parameter_mapper() -> None:
+    torch.manual_seed(0)
+    mapper, generator = _renderer()
+    # smooth, different pictures: something a renderer can learn in a few steps
+    x = torch.nn.functional.interpolate(torch.rand(4, 3, 4, 4) * 2 - 1, size=32, mode="bilinear")
+    parameters = torch.rand(4, 86) * 2 - 1
+    weights_ = LossWeights(l1=1.0, ssim=0.0)
+    optimizer = torch.optim.Adam([*mapper.parameters(), *generator.parameters()], lr=3e-3)
+    losses = []
+    for _ in range(30):
+        terms, rendered = render_terms(mapper, generator, weights_, x, parameters)
+        assert set(terms) == {"l1"} and rendered.shape == x.shape
+        loss = sum(terms.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(p.grad is not None for p in mapper.parameters())
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+def test_swapped_parameters_take_the_previous_identity_and_keep_the_nuisance() -> None:
+    parameters = torch.arange(3 * 5, dtype=torch.float32).view(3, 5)
+    swapped = swapped_parameters(parameters, identity_count=2)
+    assert torch.equal(swapped[:, :2], parameters.roll(1, dims=0)[:, :2])
+    assert torch.equal(swapped[:, 2:], parameters[:, 2:])
+
+
+def test_latent_targets_need_synthfaces_parameters_and_are_off_at_weight_zero() -> None:
+    mapper, _ = _renderer()
+    batch = {"image": torch.zeros(2, 3, 32, 32), "parameters": torch.zeros(2, 86)}
+    assert latent_targets(mapper, LossWeights(latent_target=0.0), batch) is None
+    own, swapped = latent_targets(mapper, LossWeights(latent_target=1.0), batch)
+    assert own.shape == swapped.shape == (2, 8, 32) and not own.requires_grad
+    with pytest.raises(ValueError, match="needs SynthFaces batches"):
+        latent_targets(mapper, LossWeights(latent_target=1.0), {"image": batch["image"]})
+
+
+@pytest.fixture()
+def shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty shipped-weights folder in place of the package's."""
+    folder = tmp_path / "foundations"
+    folder.mkdir()
+    monkeypatch.setattr(weights, "SHIPPED_DIR", folder)
+    for name in [n for n, spec in MANIFEST.items() if spec.shipped]:
+        monkeypatch.delitem(MANIFEST, name)
+    return folder
+
+
+def _exported_encoder(folder: Path, monkeypatch: pytest.MonkeyPatch):
+    """An identity encoder saved as a recognizer run saves it, then exported and registered."""
+    torch.manual_seed(0)
+    encoder = registry.create("identity_encoders", "timm", backbone="resnet10t", embedding_dim=32, in_size=32)
+    state = {f"recognizer.{k}": v for k, v in encoder.state_dict().items()}
+    state["arcface_head.weight"] = torch.randn(6, 32)  # the head is not part of the shipped encoder
+    checkpoint = folder.parent / "last.ckpt"
+    torch.save({"state_dict": state, "global_step": 7}, checkpoint)
+    foundation = Foundation("test-encoder", "run", "recognizer.", "recipes/x.yaml", "test")
+    manifest = folder / "manifest.json"
+    update_manifest({foundation.name: export(foundation, checkpoint, folder)}, manifest)
+    for spec in register_shipped(manifest):
+        monkeypatch.setitem(MANIFEST, spec.name, spec)
+    return encoder.eval(), folder / "test-encoder.safetensors"
+
+
+def test_an_exported_foundation_loads_strictly_by_name_in_half_precision(shipped, monkeypatch) -> None:
+    encoder, path = _exported_encoder(shipped, monkeypatch)
+    entry = json.loads((shipped / "manifest.json").read_text())["test-encoder"]
+    assert entry["sha256"] == weights.sha256_of(path) and entry["filename"] == path.name
+    assert MANIFEST["test-encoder"].shipped
+    loaded = registry.create("identity_encoders", "timm", backbone="resnet10t", embedding_dim=32, in_size=32,
+                             checkpoint="test-encoder").eval()
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(loaded(x), encoder(x))
+    assert cos.min() > 0.999  # float16 storage
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+
+
+def test_a_renamed_or_corrupted_foundation_fails_in_one_line_naming_the_file(shipped, monkeypatch) -> None:
+    _, path = _exported_encoder(shipped, monkeypatch)
+    build = dict(backbone="resnet10t", embedding_dim=32, in_size=32, checkpoint="test-encoder")
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError) as corrupted:
+        registry.create("identity_encoders", "timm", **build)
+    assert str(path) in str(corrupted.value) and "sha256" in str(corrupted.value)
+    assert "\n" not in str(corrupted.value)
+    path.rename(path.with_name("renamed.safetensors"))
+    with pytest.raises(WeightsError) as renamed:
+        registry.create("identity_encoders", "timm", **build)
+    assert str(path) in str(renamed.value) and "\n" not in str(renamed.value)
+
+
+def test_a_truncated_safetensors_file_gives_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(WeightsError) as error:
+        weights.load_checkpoint(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_every_foundation_names_a_recipe_that_exists() -> None:
+    assert {ROOT / f.recipe for f in FOUNDATIONS} == set(FOUNDATION_RECIPES)
+
+
+@pytest.mark.parametrize("recipe", FOUNDATION_RECIPES, ids=lambda p: p.stem)
+def test_foundation_recipes_run_a_fast_dev_run(recipe: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    small = ["--data.num_identities", "20", "--data.images_per_identity", "2", "--data.batch_size", "4"]
+    cli = cli_main(["fit", "--config", str(recipe), *small, "--trainer.fast_dev_run", "true",
+                    "--trainer.logger", "false"])
+    assert cli.trainer.global_step == 1 and cli.model.phase in ("recognizer", "render")
