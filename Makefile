@@ -6,7 +6,7 @@ PLUGINS := $(wildcard plugins/*/pyproject.toml)
 STAMP := $(VENV)/.ifadit-installed
 OUT := outputs/quickstart
 
-.PHONY: quickstart demo test docs bench-flows clean
+.PHONY: quickstart foundations demo test docs bench-flows clean
 
 $(STAMP): pyproject.toml $(PLUGINS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml $(PLUGINS)
 # fresh key anonymizes and recovers the held-out test identities into $(OUT)/, scored by the judge.
 quickstart: $(STAMP)
 	IFADIT=$(VENV)/bin/ifadit OUT=$(OUT) bash recipes/quickstart/run.sh
+
+# The pretrained SynthFaces foundations the quickstart stands on (identity encoder, judge, renderer), trained
+# from scratch and exported into ifadit/foundations/ (hours on a CPU; rerun to resume). They ship with ifadit.
+foundations: $(STAMP)
+	IFADIT=$(VENV)/bin/ifadit PY=$(PY) bash recipes/foundations/run.sh
 
 # The flow alone on identity vectors, in seconds: keygen, 300 training steps, anonymize/recover/wrong keys.
 demo: $(STAMP)

@@ -20,7 +20,7 @@ def canonical(key: str) -> str:
 
 def needed_from_previous_phase(phase: str) -> list[str]:
     """The parts (canonical prefixes) a phase cannot start without."""
-    if phase == "recognizer":
+    if phase in ("recognizer", "render"):
         return []
     if phase in ("disentangle", "joint"):
         return ["identity_encoder."]

@@ -1,0 +1,135 @@
+"""How good the SynthFaces foundations are, on identities none of them was trained on.
+
+The foundations train on data seed 1; this scores them on the quickstart's test identities (data seed 0,
+the faces every quickstart number is measured on):
+
+- each recognizer (the identity encoder, the judge): mean cosine of genuine pairs (two images of one
+  identity) and impostor pairs, the verification equal error rate over all pairs (torchmetrics ROC), and
+  how many directions its embedding uses — the principal directions holding 90 % of the variance and the
+  participation ratio ``(sum of variances)^2 / sum of squared variances``. A key can only move an identity
+  in directions the recognizers notice; the goal is a ratio of at least 15 and an EER of at most 2 %.
+- the renderer (generator + parameter mapper): PSNR and SSIM of ``G(P(parameters))`` against the rendered
+  image, and the judge's cosine between the two.
+
+Run: ``OMP_NUM_THREADS=2 python benchmarks/foundations.py --out benchmarks/results/foundations.md``
+(defaults: the foundation runs' ``last.ckpt`` under outputs/checkpoints/ifadit; ``--shipped`` scores the
+files shipped in ifadit/foundations instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import kornia
+import torch
+import torch.nn.functional as F
+from machine import describe  # benchmarks/ is on sys.path when a script runs
+from torch import Tensor
+from torchmetrics.functional.classification import binary_roc
+
+from ifadit import registry
+from ifadit.cli import _build_task
+from ifadit.data.synthfaces import SynthFaces
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "outputs/checkpoints/ifadit"
+RECIPES = ROOT / "recipes/foundations"
+
+
+def verification(embeddings: Tensor, labels: Tensor) -> dict[str, float]:
+    """Genuine/impostor means, EER and the embedding's effective dimension, over all pairs."""
+    unit = F.normalize(embeddings, dim=1)
+    cos = unit @ unit.T
+    same = labels[:, None] == labels[None, :]
+    upper = torch.triu(torch.ones_like(same), diagonal=1)
+    scores, genuine = cos[upper], same[upper]
+    fpr, tpr, _ = binary_roc(scores, genuine.long())
+    eer_at = torch.argmin((fpr - (1 - tpr)).abs())
+    variance = torch.linalg.svdvals(unit - unit.mean(dim=0)).pow(2)
+    share = variance.cumsum(0) / variance.sum()
+    return {
+        "genuine": scores[genuine].mean().item(),
+        "impostor": scores[~genuine].mean().item(),
+        "eer": ((fpr[eer_at] + 1 - tpr[eer_at]) / 2).item(),
+        "dims_90": int((share < 0.9).sum().item()) + 1,
+        "participation": (variance.sum().pow(2) / variance.pow(2).sum()).item(),
+    }
+
+
+@torch.no_grad()
+def embed(encoder: torch.nn.Module, images: Tensor, batch: int = 200) -> Tensor:
+    return torch.cat([encoder(part) for part in images.split(batch)])
+
+
+def _recognizer(name: str, shipped: bool) -> torch.nn.Module:
+    if shipped:
+        backbone = {"identity-encoder": "regnetx_002", "judge": "resnet10t"}[name]
+        return registry.create("identity_encoders", "timm", backbone=backbone, embedding_dim=128, in_size=64,
+                               checkpoint=f"synthfaces64-{name}").eval()
+    recipe = {"identity-encoder": "recognizer", "judge": "judge"}[name]
+    checkpoint = RUNS / f"foundations-{recipe}/last.ckpt"
+    task, _ = _build_task(str(RECIPES / f"{recipe}.yaml"), str(checkpoint), False)
+    return task.identity_encoder.eval()
+
+
+def _renderer(shipped: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
+    if shipped:
+        generator = registry.create("generators", "stylegan2", size=64, style_dim=128, n_mlp=2,
+                                    channels={4: 128, 8: 128, 16: 96, 32: 64, 64: 32},
+                                    checkpoint="synthfaces64-generator")
+        mapper = registry.create("mappers", "parameters", n_parameters=86, n_styles=10, style_dim=128,
+                                 checkpoint="synthfaces64-parameter-mapper")
+        return mapper.eval(), generator.eval()
+    task, _ = _build_task(str(RECIPES / "renderer.yaml"), str(RUNS / "foundations-renderer/last.ckpt"), True)
+    return task.parameter_mapper.eval(), task.generator.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shipped", action="store_true", help="score the shipped files, not the runs")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["identity-encoder", "judge", "renderer"],
+                        help="foundations not to score (e.g. one still training)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    test = SynthFaces(ROOT / "data/synthfaces", "test", size=64, num_identities=1000, images_per_identity=6)
+    images, labels = test.images.float().div(127.5).sub(1.0), test.identity_labels
+    source = "shipped files (ifadit/foundations)" if args.shipped else "training runs' last.ckpt"
+    lines = [
+        f"Quickstart test identities (data seed 0): {len(labels.unique())} identities, {len(labels)} images, "
+        f"64 px. Foundations: {source}. Machine: {describe(args.threads)}.",
+        "",
+        "| recognizer | genuine pairs | impostor pairs | EER | directions for 90 % | participation ratio |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    judge = None
+    for name in ("identity-encoder", "judge"):
+        if name in args.skip:
+            continue
+        encoder = _recognizer(name, args.shipped)
+        judge = encoder if name == "judge" else judge
+        v = verification(embed(encoder, images), labels)
+        lines.append(f"| {name} | {v['genuine']:.3f} | {v['impostor']:.3f} | {100 * v['eer']:.2f} % | "
+                     f"{v['dims_90']} | {v['participation']:.1f} |")
+    if "renderer" not in args.skip:
+        mapper, generator = _renderer(args.shipped)
+        with torch.no_grad():
+            renders = torch.cat([generator(mapper(p)) for p in test.parameters.split(100)]).clamp(-1, 1)
+        psnr = kornia.metrics.psnr((renders + 1) / 2, (images + 1) / 2, 1.0).item()
+        ssim = kornia.metrics.ssim((renders + 1) / 2, (images + 1) / 2, 7).mean().item()
+        lines += ["", "| renderer on unseen identities | PSNR | SSIM | judge cos (render, image) |",
+                  "|---|---:|---:|---:|"]
+        cos = "–"
+        if judge is not None:
+            cos = f"{F.cosine_similarity(embed(judge, renders), embed(judge, images)).mean().item():.3f}"
+        lines.append(f"| G(P(parameters)) | {psnr:.2f} dB | {ssim:.3f} | {cos} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""benchmarks/keys.py on a tiny random model: every number of its table is computed and in range."""
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ifadit import registry
+from ifadit.anonymizer import IFADIT
+from ifadit.keys import SecretKey
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture()
+def keys_benchmark(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = importlib.import_module("keys")
+    yield module
+    sys.modules.pop("keys", None)
+
+
+def test_the_keys_table_scores_every_key_and_every_ordered_pair(keys_benchmark) -> None:
+    torch.manual_seed(0)
+    create = registry.create
+    model = IFADIT(
+        create("identity_encoders", "timm", backbone="resnet10t", embedding_dim=32, in_size=32),
+        create("attribute_encoders", "timm", backbone="resnet10t", n_styles=8, style_dim=32),
+        create("mappers", "latent", id_dim=32, style_dim=32, n_styles=8, hidden=32),
+        create("generators", "stylegan2", size=32, style_dim=32, n_mlp=2, max_channels=16),
+        create("flows", "allinone", dim=32, cond_dim=32, num_blocks=2),
+        create("key_schemes", "mapping", dim=32),
+        create("mappers", "compensator", dim=32, hidden=[16]),
+    ).eval()
+    judge = create("identity_encoders", "timm", backbone="resnet10t", embedding_dim=16, in_size=32).eval()
+    x = torch.rand(6, 3, 32, 32) * 2 - 1
+    keys = [SecretKey.generate() for _ in range(3)]
+    result = keys_benchmark.measure(model, judge, x, keys, pair_faces=4)
+    assert len(result["per_key"]) == 3 and len(result["wrong_key_pairs"]) == 6
+    assert len(result["flow_output_pair_cos"]) == 3 and 0 <= result["collision_rate"] <= 1
+    for row in result["per_key"]:
+        assert set(row) == {"anonymized", "recovered", "recovery_psnr", "two_keys"}
+        assert all(-1 <= row[k] <= 1 for k in ("anonymized", "recovered", "two_keys"))
+    assert all(value > 0 for value in result["fid"].values())
+    text = keys_benchmark.table(result, 6, 4, "test machine", "tiny")
+    assert "| anonymized | <= 0.3 for every key |" in text and "of 6 |" in text and "FID" in text
