@@ -19,6 +19,7 @@ from typing import Any
 
 from ifadit import __version__, registry
 from ifadit.keys import KeyFileError, SecretKey, load_passphrase_file
+from ifadit.photos.commands import add_align_parser
 from ifadit.weights import WeightsError, load_checkpoint, load_state_dict_by_name
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -355,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_weights)
 
     _add_photo_parsers(sub)
+    add_align_parser(sub)
 
     p = sub.add_parser("sweep", help="an ablation sweep: a child MLflow run per combination, then a summary")
     p.add_argument("spec", help="sweep spec YAML (e.g. benchmarks/ablations.yaml)")

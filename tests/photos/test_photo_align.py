@@ -10,7 +10,7 @@ import kornia
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from ffhq_reference import ffhq_reference_crop, ffhq_reference_points, ffhq_reference_quad
 
 from ifadit.photos.align import (
     alignment_matrices,
@@ -27,29 +27,6 @@ from ifadit.photos.blend import mask_kernels, soften_masks
 ASTRONAUT = np.array(
     [[204.65, 101.22], [248.19, 103.33], [226.42, 129.13], [202.46, 139.79], [246.53, 142.02]]
 )
-
-
-def ffhq_reference_quad(lm: np.ndarray) -> np.ndarray:
-    """FFHQ's ``recreate_aligned_images`` quad, written out in numpy from its published steps."""
-    eye_avg = (lm[0] + lm[1]) * 0.5
-    eye_to_eye = lm[1] - lm[0]
-    eye_to_mouth = (lm[3] + lm[4]) * 0.5 - eye_avg
-    x = eye_to_eye - np.flipud(eye_to_mouth) * [-1, 1]
-    x = x / np.hypot(*x)
-    x = x * max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
-    y = np.flipud(x) * [-1, 1]
-    c = eye_avg + eye_to_mouth * 0.1
-    return np.stack([c - x - y, c - x + y, c + x + y, c + x - y])
-
-
-def ffhq_reference_points(lm: np.ndarray, points: np.ndarray, size: int) -> np.ndarray:
-    """Where FFHQ's crop at ``size`` px puts image ``points``, in pixel-centre coordinates of the crop."""
-    quad = ffhq_reference_quad(lm)
-    origin, x_axis, y_axis = quad[0], quad[3] - quad[0], quad[1] - quad[0]
-    rel = points - origin
-    u = rel @ x_axis / (x_axis @ x_axis)
-    v = rel @ y_axis / (y_axis @ y_axis)
-    return np.stack([u, v], axis=-1) * size - 0.5
 
 
 def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
@@ -74,20 +51,18 @@ def test_quad_and_matrix_follow_ffhq() -> None:
         np.testing.assert_allclose(eye, ffhq_reference_points(lm, lm[:2], 256), atol=1e-2)
 
 
-def test_crop_equals_pil_quad_transform_as_ffhq_calls_it() -> None:
-    """FFHQ warps with ``img.transform(..., Image.QUAD, (quad + 0.5).flatten(), Image.BILINEAR)``; a face
-    smaller than the crop inside the photo needs no shrink or pad, so the crops must agree pixel for pixel
-    (up to rounding)."""
+def test_crop_matches_ffhq_pil_calls() -> None:
+    """FFHQ warps with ``img.transform(..., Image.QUAD, (quad + 0.5).flatten(), Image.BILINEAR)`` at 4x the
+    output size and reduces with Lanczos; a face whose square lies inside the photo needs no shrink or pad, so
+    the crops must agree within about a grey level."""
     from skimage import data
 
     pixels = np.ascontiguousarray(data.astronaut())
-    quad = ffhq_reference_quad(ASTRONAUT)
-    reference = np.asarray(
-        Image.fromarray(pixels).transform((256, 256), Image.QUAD, (quad + 0.5).flatten(), Image.BILINEAR)
-    ).astype(int)
+    reference = ffhq_reference_crop(pixels, ASTRONAUT, 256).astype(int)
     matrices = alignment_matrices(torch.tensor(ASTRONAUT[None], dtype=torch.float32), 256)
     ours = _to_uint8(crop_faces(_to_tensor(pixels), matrices, 256)[0]).astype(int)
-    assert np.abs(ours - reference).max() <= 1
+    difference = np.abs(ours - reference)
+    assert difference.mean() < 1.0 and np.percentile(difference, 99) <= 4
 
 
 def _face_at(center: tuple[float, float], eye_dist: float, angle: float = 0.0) -> torch.Tensor:
