@@ -19,6 +19,10 @@ Here they load **by name** after removing what a training script typically wraps
 prefix in front of exactly the module's own keys). If a real file turns out to use other names, the
 error says whether its tensors line up in order and shape with the module; ``match="position"`` then
 reproduces the official positional loading, but only when every tensor lines up exactly.
+
+The attribute encoder is a component of its own, registered as ``psp-official``
+(:class:`OfficialAttributeEncoder`): it converts our [-1, 1] images to the [0, 1] the file was trained on, so
+recipes and the ``ifadit-ffhq256-official`` preset name ``attr_best.pth`` like any other checkpoint.
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ import torch
 from torch import Tensor, nn
 
 from ifadit.flows.allinone import AllInOneFlow
+from ifadit.nets.base import AttributeEncoder
 from ifadit.nets.irse import complete_batchnorm_counters, strip_data_parallel
 from ifadit.nets.mappers import CompensationMLP, LatentMapper
-from ifadit.nets.psp import PSPEncoder, output_size_for
+from ifadit.nets.psp import PSPEncoder, n_styles_for, output_size_for
 from ifadit.weights import (
+    MANIFEST,
     WeightsError,
     WeightSpec,
     load_checkpoint,
@@ -212,40 +218,94 @@ def load_official_flow(path: PathLike | None = None, match: Match = "name") -> A
     return flow.eval()
 
 
-class OfficialAttributeEncoder(PSPEncoder):
-    """The official pSp attribute encoder: it was trained on images in [0, 1] (the official pipeline hands
-    pSp the dataset images as they are and only the identity encoder ``2x - 1``), so our [-1, 1] images
-    are converted at this edge."""
+class OfficialAttributeEncoder(AttributeEncoder):
+    """An attribute encoder that reads images in [0, 1], behind the [-1, 1] convention of everything else.
+
+    The official pipeline hands pSp the dataset images as they are, in [0, 1] (only the identity encoder
+    gets ``2x - 1``), so ``attr_best.pth`` only gives its codes on [0, 1] images. This wrapper is the one
+    place that converts; registered as ``psp-official``, it lets a recipe or a preset start from the file.
+
+    ``checkpoint``: ``attr_best.pth`` (the manifest name ``ifadit-attr-encoder`` or a path), a pSp
+    GradualStyleEncoder whose style count is read off the file. ``encoder``: instead, any attribute encoder
+    trained on [0, 1] images, wrapped as it is. Neither: a fresh pSp encoder for ``output_size`` (the shape
+    an ifadit checkpoint's weights are loaded into). ``match``: see :func:`load_state_into`.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        encoder: AttributeEncoder | None = None,
+        output_size: int | None = 256,
+        input_size: int = 256,
+        frozen: bool = False,
+        match: Match = "name",
+    ) -> None:
+        super().__init__()
+        if checkpoint is not None and encoder is not None:
+            raise ValueError("give checkpoint (attr_best.pth) or encoder (a module to wrap), not both")
+        if encoder is None:
+            encoder = (
+                PSPEncoder(output_size=output_size, input_size=input_size, frozen=frozen)
+                if checkpoint is None
+                else _official_psp(checkpoint, output_size, input_size, frozen, match)
+            )
+        self.encoder = encoder
+        self.n_styles = encoder.n_styles
+        self.style_dim = encoder.style_dim
+        self.frozen = frozen
+        if frozen:
+            self.requires_grad_(False)
+            self.eval()
+
+    def train(self, mode: bool = True) -> OfficialAttributeEncoder:
+        return super().train(False if self.frozen else mode)
 
     def forward(self, images: Tensor) -> Tensor:
-        return super().forward((images + 1) / 2)
+        return self.encoder((images + 1) / 2)
 
 
-def load_official_attribute_encoder(
-    path: PathLike | None = None, input_size: int = 256, frozen: bool = True, match: Match = "name"
-) -> OfficialAttributeEncoder:
-    """``attr_best.pth`` (the pSp module's flat state dict: ``encoder.*`` + ``decoder.*``) ->
-    :class:`OfficialAttributeEncoder` (GradualStyleEncoder IR-SE50, 14 styles at 256 px, no latent_avg:
-    the official opts set ``start_from_latent_avg=False``). The generator half of the file is not used."""
-    path = resolve(IFADIT_ATTR_ENCODER.name, path)
+def _official_psp(
+    checkpoint: PathLike, output_size: int | None, input_size: int, frozen: bool, match: Match
+) -> PSPEncoder:
+    """The pSp encoder half of ``attr_best.pth`` (the pSp module's flat state dict, ``encoder.*`` +
+    ``decoder.*``; an encoder-only file is accepted too): GradualStyleEncoder IR-SE50, no latent_avg (the
+    official opts set ``start_from_latent_avg=False``). The generator half is not used."""
+    name = str(checkpoint)
+    path = resolve(name) if name in MANIFEST else resolve(IFADIT_ATTR_ENCODER.name, checkpoint)
     state = read_official_state_dict(path, "iFADIT attribute encoder")
-    encoder_state = strip_prefix(state, "encoder.") or state  # an encoder-only file is accepted too
+    encoder_state = strip_prefix(state, "encoder.") or state
     style_ids = {int(m.group(1)) for k in encoder_state if (m := _STYLE_KEY.match(k))}
     if not style_ids:
         raise WeightsError(
             f"iFADIT attribute encoder {path}: no 'encoder.styles.<i>.*' entries — not a pSp state dict"
         )
     n_styles = max(style_ids) + 1
+    if output_size is not None and n_styles_for(output_size) != n_styles:
+        raise WeightsError(
+            f"iFADIT attribute encoder {path} has {n_styles} styles, but output_size={output_size} needs "
+            f"{n_styles_for(output_size)}"
+        )
     # Built on the meta device: the strict load below replaces every tensor, so random init is wasted.
     with torch.device("meta"):
-        model = OfficialAttributeEncoder(
-            output_size=output_size_for(n_styles), input_size=input_size, frozen=frozen
-        )
+        model = PSPEncoder(output_size=output_size_for(n_styles), input_size=input_size, frozen=frozen)
     model.to_empty(device="cpu")
     if match == "name":  # appending counters would break the order a positional match relies on
         encoder_state = complete_batchnorm_counters(model.encoder, encoder_state)
     load_state_into(model.encoder, encoder_state, f"iFADIT attribute encoder {path} (encoder.*)", match)
-    return model.eval()
+    return model.eval() if frozen else model
+
+
+def load_official_attribute_encoder(
+    path: PathLike | None = None, input_size: int = 256, frozen: bool = True, match: Match = "name"
+) -> OfficialAttributeEncoder:
+    """``attr_best.pth`` -> :class:`OfficialAttributeEncoder` (14 styles at 256 px), frozen by default."""
+    return OfficialAttributeEncoder(
+        checkpoint=str(resolve(IFADIT_ATTR_ENCODER.name, path)),
+        output_size=None,
+        input_size=input_size,
+        frozen=frozen,
+        match=match,
+    ).eval()
 
 
 __all__ = [

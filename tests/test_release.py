@@ -1,7 +1,6 @@
 """Official iFADIT release loaders: files written in the official layout load strictly by name."""
 
 import itertools
-import math
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import torch.nn.functional as F
 # Facts: the official test code reads every file with torch.load and iterates `.items()` calling `.size()`
 # on each value (utils/utils.py:loading_pretrianed), so the files are flat tensor mappings. The names below
 # are the state-dict names of the official modules they were saved from.
-from official_layouts import FUSE_MLP, MLP_BEST
+from official_layouts import FUSE_MLP, G_NET_BLOCK, MLP_BEST, random_flow_state, random_state
 
 from ifadit.flows.allinone import AllInOneFlow
 from ifadit.nets.mappers import CompensationMLP, LatentMapper
@@ -26,35 +25,10 @@ from ifadit.release import (
 )
 from ifadit.weights import MANIFEST, WeightsError
 
-# models/id_transformer/inn.py: FrEIA SequenceINN(512) + 4 x AllInOneBlock(cond=0, cond_shape=(512,)),
-# subnet Linear(768,256) LReLU Linear(256,128) LReLU Linear(128,128) LReLU Linear(128,256) LReLU
-# Linear(256,512).
-G_NET_BLOCK = {
-    "global_scale": (1, 512),
-    "global_offset": (1, 512),
-    "w_perm": (512, 512),
-    "w_perm_inv": (512, 512),
-    "subnet.0.weight": (256, 768),
-    "subnet.0.bias": (256,),
-    "subnet.2.weight": (128, 256),
-    "subnet.2.bias": (128,),
-    "subnet.4.weight": (128, 128),
-    "subnet.4.bias": (128,),
-    "subnet.6.weight": (256, 128),
-    "subnet.6.bias": (256,),
-    "subnet.8.weight": (512, 256),
-    "subnet.8.bias": (512,),
-}
-
 
 @pytest.fixture(autouse=True)
 def _empty_weights_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("IFADIT_WEIGHTS", str(tmp_path / "weights"))
-
-
-def _random_state(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return {k: 0.05 * torch.randn(shape, generator=generator) for k, shape in shapes.items()}
 
 
 def _official_mlp(state: dict[str, torch.Tensor], x: torch.Tensor, layers: int) -> torch.Tensor:
@@ -91,7 +65,7 @@ def test_manifest_entries_for_the_release() -> None:
     ],
 )
 def test_mapper_file_loads_by_name_and_reproduces_the_official_forward(tmp_path: Path, wrap) -> None:
-    state = _random_state(MLP_BEST)
+    state = random_state(MLP_BEST)
     path = tmp_path / "mlp_best.pth"
     torch.save(wrap(state), path)
     mapper = load_official_mapper(path)
@@ -108,7 +82,7 @@ def test_compensator_file_loads_from_the_weights_folder(tmp_path: Path, monkeypa
     folder = tmp_path / "release"
     folder.mkdir()
     monkeypatch.setenv("IFADIT_WEIGHTS", str(folder))
-    state = _random_state(FUSE_MLP, seed=1)
+    state = random_state(FUSE_MLP, seed=1)
     torch.save(state, folder / "fuse_mlp_ffhq15INN607_20_202528.pth")
     compensator = load_official_compensator()
     assert isinstance(compensator, CompensationMLP)
@@ -127,7 +101,7 @@ def test_missing_release_file_names_it_and_where_to_get_it(tmp_path: Path) -> No
 
 def test_renamed_keys_fail_by_name_and_point_to_positional_matching(tmp_path: Path) -> None:
     # Same tensors in the same order under other names: what the official positional loader would accept.
-    state = _random_state(FUSE_MLP, seed=2)
+    state = random_state(FUSE_MLP, seed=2)
     renamed = {f"fc{i}": v for i, v in enumerate(state.values())}
     path = tmp_path / "fuse.pth"
     torch.save(renamed, path)
@@ -141,7 +115,7 @@ def test_renamed_keys_fail_by_name_and_point_to_positional_matching(tmp_path: Pa
 
 def test_positional_matching_refuses_files_that_do_not_line_up(tmp_path: Path) -> None:
     path = tmp_path / "mlp_best.pth"
-    torch.save(_random_state(FUSE_MLP), path)
+    torch.save(random_state(FUSE_MLP), path)
     with pytest.raises(WeightsError, match="match='position' needs"):
         load_official_mapper(path, match="position")
     with pytest.raises(WeightsError, match=r"shape \(1024, 512\) in the file but \(512, 1024\)"):
@@ -159,23 +133,8 @@ def test_pickled_module_or_foreign_container_gives_a_clear_error(tmp_path: Path)
         load_official_mapper(module_path)
 
 
-def _random_permutation_matrix(dim: int, generator: torch.Generator) -> torch.Tensor:
-    matrix = torch.zeros(dim, dim)
-    matrix[torch.arange(dim), torch.randperm(dim, generator=generator)] = 1.0
-    return matrix
-
-
 def test_flow_file_from_the_key_list_loads_strictly_and_round_trips(tmp_path: Path) -> None:
-    generator = torch.Generator().manual_seed(4)
-    state = {}
-    for block in range(4):
-        block_state = _random_state(G_NET_BLOCK, seed=10 + block)
-        # FrEIA's global scale is 0.1 * softplus(a, beta=0.5); near its init (scale 1) the flow is well
-        # conditioned, as a trained one is.
-        block_state["global_scale"] += 2 * math.log(math.expm1(5.0))
-        w_perm = _random_permutation_matrix(512, generator)
-        block_state["w_perm"], block_state["w_perm_inv"] = w_perm, w_perm.T.contiguous()
-        state.update({f"module_list.{block}.{k}": v for k, v in block_state.items()})
+    state = random_flow_state(seed=4)
     path = tmp_path / "G_net_ffhq15INN607_20_202528.pth"
     torch.save({f"module.{k}": v for k, v in state.items()}, path)
 
@@ -257,7 +216,7 @@ def test_attribute_encoder_from_the_official_psp_state_dict(tmp_path: Path) -> N
 
     encoder = load_official_attribute_encoder(path, input_size=64)
     assert isinstance(encoder, OfficialAttributeEncoder)
-    assert encoder.n_styles == n_styles and not encoder.add_latent_avg
+    assert encoder.n_styles == n_styles and not encoder.encoder.add_latent_avg
     assert not any(p.requires_grad for p in encoder.parameters())
     images = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
