@@ -7,6 +7,7 @@
     from ifadit.keys import SecretKey
 
     anonymizer = Anonymizer.from_checkpoint("last.ckpt")          # a checkpoint written by 'ifadit fit'
+    # or Anonymizer.from_preset("ifadit-ffhq256-official"): the paper's model from the weights folder
     secret = SecretKey.load("my.key")
     anonymized = anonymizer.anonymize(Image.open("photo.png"), secret)
     original = anonymizer.recover(anonymized, secret)             # the faces are found from its metadata
@@ -35,6 +36,7 @@ from torch import Tensor
 
 from ifadit.anonymizer import IFADIT
 from ifadit.keys import SecretKey
+from ifadit.model_files import build_preset, load_checkpoint_model, load_model, recipe_model_section
 from ifadit.nets.image import uint8_levels
 from ifadit.photos.align import (
     MaskFn,
@@ -48,7 +50,7 @@ from ifadit.photos.blend import paste_masks
 from ifadit.photos.detect import Face, FaceDetector
 from ifadit.photos.io import METADATA_KEY, PhotoError, pil_to_rgb
 from ifadit.photos.metadata import build_metadata, faces_from_metadata
-from ifadit.weights import load_checkpoint, load_state_dict_by_name, sha256_of
+from ifadit.presets import load_preset
 
 OPERATIONS = ("anonymize", "recover")
 ImageT = TypeVar("ImageT", Image.Image, np.ndarray, Tensor)
@@ -112,21 +114,7 @@ def compose_uint8(original: np.ndarray, result: PhotoResult) -> np.ndarray:
     return out
 
 
-def _recipe_model_section(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
-    import yaml
-
-    if isinstance(config, Mapping):
-        data = dict(config)
-    else:
-        try:
-            data = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ValueError(f"config file not found: {config}") from None
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{config} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-        raise ValueError(f"{config} has no 'model' section")
-    return data["model"]
+_recipe_model_section = recipe_model_section  # the older name (benchmarks/photos.py)
 
 
 class Anonymizer:
@@ -175,27 +163,31 @@ class Anonymizer:
         device: str | torch.device = "cpu",
         **kwargs: Any,
     ) -> Anonymizer:
-        """The model of a checkpoint written by ``ifadit fit`` (which stores its ``model`` config). For an
-        older checkpoint without one, ``config`` gives the recipe (path or mapping) it was trained with."""
-        from ifadit.lightning_cli import MODEL_CONFIG_KEY, build_task_from_config
+        """The model of a checkpoint written by ``ifadit fit`` (which stores its ``model`` config) or of a
+        model file written by ``ifadit convert`` (``.safetensors``). For an older checkpoint without a
+        stored config, ``config`` gives the recipe (path or mapping) it was trained with."""
+        loaded = load_checkpoint_model(checkpoint, config)
+        return cls(loaded.model, device=device, model_sha256=loaded.fingerprint, **kwargs)
 
-        state = load_checkpoint(checkpoint, weights_only=True)
-        if not isinstance(state, dict):
-            raise ValueError(f"{checkpoint} is not a training checkpoint")
-        if config is not None:
-            model_config = _recipe_model_section(config)
-        elif isinstance(state.get(MODEL_CONFIG_KEY), dict):
-            model_config = state[MODEL_CONFIG_KEY]
-        else:
-            raise ValueError(
-                f"{checkpoint} carries no model config (written before checkpoints stored one): "
-                "give the recipe it was trained with (config=..., --config)"
-            )
-        task = build_task_from_config(model_config)
-        load_state_dict_by_name(task, state.get("state_dict", state), what=str(checkpoint))
-        if task.model is None or not task.model.keyed:
-            raise ValueError(f"{checkpoint} is not a flow-phase model: anonymizing needs a trained flow")
-        return cls(task.model, device=device, model_sha256=sha256_of(checkpoint), **kwargs)
+    @classmethod
+    def from_preset(cls, name: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> Anonymizer:
+        """A preset's model (``ifadit models`` lists them; a preset ``.yaml`` path works too), built from the
+        weights folder: ``Anonymizer.from_preset("ifadit-ffhq256-official")``."""
+        loaded = build_preset(load_preset(name))
+        return cls(loaded.model, device=device, model_sha256=loaded.fingerprint, **kwargs)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: str | Path,
+        config: str | Path | Mapping[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+        **kwargs: Any,
+    ) -> Anonymizer:
+        """``model``: a preset name or any file :meth:`from_preset` / :meth:`from_checkpoint` takes, as
+        ``ifadit anonymize --model NAME|PATH`` does."""
+        loaded = load_model(model, config)
+        return cls(loaded.model, device=device, model_sha256=loaded.fingerprint, **kwargs)
 
     @property
     def resolution(self) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ifadit import __version__, registry
+from ifadit.cli_models import MODEL_HELP, add_model_parsers
 from ifadit.keys import KeyFileError, SecretKey, load_passphrase_file
 from ifadit.photos.commands import add_align_parser
 from ifadit.weights import WeightsError, load_checkpoint, load_state_dict_by_name
@@ -166,9 +167,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights(args: argparse.Namespace) -> int:
-    from ifadit.weights_report import format_weights_report, weights_report
+    from ifadit.weights_report import format_weights_report, preset_report, weights_report
 
-    print(format_weights_report(weights_report(verify=not args.no_verify)))
+    print(format_weights_report(weights_report(verify=not args.no_verify), preset_report()))
     return 0
 
 
@@ -192,8 +193,8 @@ def _cmd_photos(args: argparse.Namespace) -> int:
     detector = FaceDetector(
         min_face_size=args.min_face_size, max_side=args.detect_max_side, device=args.device
     )
-    anonymizer = Anonymizer.from_checkpoint(
-        args.ckpt_path, config=args.config, device=args.device, detector=detector,
+    anonymizer = Anonymizer.from_model(
+        args.model, config=args.config, device=args.device, detector=detector,
         batch_size=args.batch_size, skip_tiny=args.skip_tiny,
     )
     options = BatchOptions(
@@ -216,8 +217,8 @@ RENAMED_OPTIONS: dict[str, dict[str, str]] = {
     "keygen": {"--check_ckpt": "--ckpt_path", "--check_config": "--config"},
     "score": {"--ckpt": "--ckpt_path", "--judge_ckpt": "--judge_ckpt_path"},
     "evaluate": {"--ckpt": "--ckpt_path"},
-    "anonymize": {"--model": "--ckpt_path"},
-    "recover": {"--model": "--ckpt_path"},
+    "anonymize": {"--ckpt_path": "--model"},
+    "recover": {"--ckpt_path": "--model"},
 }
 _LONG_OPTION = re.compile(r"^--[A-Za-z][\w-]*$")
 
@@ -236,9 +237,8 @@ def _add_photo_parsers(sub: Any) -> None:
         p.add_argument("inputs", nargs="+", metavar="INPUT",
                        help="JPEG/PNG/WebP files or folders (recursive)")
         p.add_argument("--out", required=True, help="output folder (inputs are never overwritten)")
-        p.add_argument("--ckpt_path", required=True,
-                       help="a flow-phase checkpoint written by 'ifadit fit'")
-        p.add_argument("--config", help="its recipe, for checkpoints that carry no model config")
+        p.add_argument("--model", required=True, metavar="NAME|PATH", help=MODEL_HELP)
+        p.add_argument("--config", help="the recipe of a checkpoint that carries no model config")
         _add_key_options(p)
         p.add_argument("--device", default="cpu",
                        help="torch device for detection and the model (default cpu)")
@@ -351,7 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run_name", help="MLflow run name (default: evaluate-<checkpoint folder>)")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("weights", help="list the pretrained checkpoints ifadit knows and which are present")
+    add_model_parsers(sub)
+
+    p = sub.add_parser("weights", help="list the pretrained checkpoints ifadit knows, which are present and "
+                       "which files each model preset still needs")
     p.add_argument("--no_verify", action="store_true", help="skip sha256 verification")
     p.set_defaults(func=_cmd_weights)
 

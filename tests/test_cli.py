@@ -62,16 +62,19 @@ def test_every_option_of_every_subcommand_has_help_and_one_spelling() -> None:
                 continue
             assert action.help, f"ifadit {name} {action.option_strings or action.dest} has no help"
             assert all("-" not in opt[2:] for opt in action.option_strings), (name, action.option_strings)
-    # the checkpoint a command reads is --ckpt_path everywhere, as in 'ifadit fit'
-    for name in ("keygen", "score", "evaluate", "anonymize", "recover"):
+    # the checkpoint a command reads is --ckpt_path everywhere, as in 'ifadit fit'; the photo commands read a
+    # model (a preset name or a checkpoint): --model, with --ckpt_path as its older spelling
+    for name in ("keygen", "score", "evaluate"):
         assert "--ckpt_path" in parsers[name]._option_string_actions, name
+    for name in ("anonymize", "recover"):
+        assert "--model" in parsers[name]._option_string_actions, name
 
 
 def test_hyphens_and_old_option_names_still_work() -> None:
     assert normalize_options(["score", "--judge-ckpt=J", "--ckpt", "C", "--passphrase-file", "P"]) == [
         "score", "--judge_ckpt_path=J", "--ckpt_path", "C", "--passphrase_file", "P"]
-    assert normalize_options(["anonymize", "a-b.png", "--model", "m", "--", "--model"]) == [
-        "anonymize", "a-b.png", "--ckpt_path", "m", "--", "--model"]
+    assert normalize_options(["anonymize", "a-b.png", "--ckpt-path", "m", "--", "--ckpt_path"]) == [
+        "anonymize", "a-b.png", "--model", "m", "--", "--ckpt_path"]
     keygen = normalize_options(["keygen", "k", "--check-config", "r.yaml", "--check-ckpt", "c"])
     args = build_parser().parse_args(keygen)
     assert (args.config, args.ckpt_path) == ("r.yaml", "c")
