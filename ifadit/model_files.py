@@ -330,6 +330,8 @@ def load_model(value: PathLike, config: PathLike | Mapping[str, Any] | None = No
 
 @dataclass
 class Converted:
+    """What ``ifadit convert`` wrote, and from which release files."""
+
     path: Path
     preset: str
     fingerprint: str
