@@ -162,3 +162,32 @@ def test_key_material_never_reaches_the_metadata(anonymizer, secret) -> None:
     text = str(result.metadata)
     assert base64.b64encode(secret._SecretKey__material).decode() not in text
     assert secret._SecretKey__material.hex() not in text
+
+
+def test_a_batch_of_image_tensors_shares_its_model_calls(anonymizer, secret, monkeypatch) -> None:
+    """The faces of every image of a (B, 3, H, W) tensor go through the model together, ``batch_size`` at a
+    time, and each image comes back as it would alone."""
+    to_tensor = lambda pixels: torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1  # noqa: E731
+    images = torch.stack([to_tensor(astronaut()), to_tensor(np.ascontiguousarray(grace_hopper()[:512]))])
+    alone = [anonymizer.anonymize(image, secret) for image in images]
+    calls: list[int] = []
+    original = anonymizer.model.anonymize
+
+    def counting(crops: torch.Tensor, cond: torch.Tensor):
+        calls.append(crops.shape[0])
+        return original(crops, cond)
+
+    monkeypatch.setattr(anonymizer.model, "anonymize", counting)
+    monkeypatch.setattr(anonymizer, "batch_size", 8)
+    together = anonymizer.anonymize(images, secret)
+    assert calls == [2]  # a face from each image, in one call
+    torch.testing.assert_close(together, torch.stack(alone), atol=1e-5, rtol=0)
+
+
+def test_batch_size_defaults_to_the_devices_measured_best(anonymizer) -> None:
+    from ifadit.api import Anonymizer
+    from ifadit.photos.batch import DEFAULT_BATCH_SIZE, default_batch_size
+
+    assert Anonymizer(anonymizer.model, detector=anonymizer.detector).batch_size == DEFAULT_BATCH_SIZE["cpu"]
+    assert default_batch_size("cuda:1") == DEFAULT_BATCH_SIZE["cuda"]
+    assert default_batch_size(torch.device("cpu")) == DEFAULT_BATCH_SIZE["cpu"]
