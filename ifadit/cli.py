@@ -242,7 +242,7 @@ def _add_photo_parsers(sub: Any) -> None:
         _add_key_options(p)
         p.add_argument("--device", default="cpu",
                        help="torch device for detection and the model (default cpu)")
-        p.add_argument("--batch_size", type=int, default=8, help="faces per model call (default 8)")
+        p.add_argument("--batch_size", type=int, help="faces per model call (default: 1 on CPU, 16 on GPU)")
         p.add_argument("--format", choices=("png", "jpeg", "webp"),
                        help="output format (default: the input's; png and webp are lossless)")
         p.add_argument("--overwrite", action="store_true",
