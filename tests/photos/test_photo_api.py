@@ -191,3 +191,14 @@ def test_batch_size_defaults_to_the_devices_measured_best(anonymizer) -> None:
     assert Anonymizer(anonymizer.model, detector=anonymizer.detector).batch_size == DEFAULT_BATCH_SIZE["cpu"]
     assert default_batch_size("cuda:1") == DEFAULT_BATCH_SIZE["cuda"]
     assert default_batch_size(torch.device("cpu")) == DEFAULT_BATCH_SIZE["cpu"]
+
+
+def test_photos_are_aligned_as_ifadit_align_writes_training_faces(anonymizer) -> None:
+    """The model reads faces cut out exactly as ``ifadit align`` cuts out its training faces."""
+    from ifadit.photos.aligner import aligned_crops
+
+    pixels = tiled()
+    prepared = anonymizer.prepare(pixels)
+    written = aligned_crops(pixels, prepared.faces, anonymizer.resolution)
+    model_input = ((prepared.crops + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    np.testing.assert_array_equal(model_input.numpy(), written)
