@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 from jsonargparse import ArgumentParser, Namespace
 from jsonargparse import _typehints as jsonargparse_typehints
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
@@ -296,10 +296,40 @@ def build_task_from_config(model_config: Mapping[str, Any], for_checkpoint: bool
     return parser.instantiate_classes(parsed).model
 
 
+class RunCheckpoint(ModelCheckpoint):
+    """A :class:`ModelCheckpoint` whose ``last.ckpt`` always holds the run's latest validated state.
+
+    Lightning (2.6) writes ``last.ckpt`` only in a step that also writes a best-by-monitor checkpoint, so once
+    ``val/score`` stops improving, ``last.ckpt`` stays at the best step: ``--ckpt_path last`` then resumes
+    from there, the next phase starts from it, and a finished fit's final weights are never written.
+    """
+
+    # After the parent has written its best-by-monitor checkpoint for this step (at the end of validation,
+    # or at the end of the training epoch where it saves then), never before it.
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_behind(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_behind(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._save_last_if_behind(trainer)
+
+    def _save_last_if_behind(self, trainer: Trainer) -> None:
+        # _should_skip_saving_checkpoint: sanity checks, fast_dev_run, and a step already saved
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 class IfaditCLI(LightningCLI):
     """LightningCLI with ifadit's defaults: MLflow logging, checkpoints and sample grids per run.
 
-    Extra argument groups: ``--checkpoint.*`` (a :class:`ModelCheckpoint`: last + best by ``val/score``)
+    Extra argument groups: ``--checkpoint.*`` (a :class:`RunCheckpoint`: last + best by ``val/score``)
     and ``--image_grid.*`` (:class:`~ifadit.tracking.ImageGridCallback`).
     """
 
@@ -320,7 +350,7 @@ class IfaditCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/score",
             "checkpoint.mode": "min",
