@@ -81,7 +81,7 @@ def blend(generated: Tensor, original: Tensor, masks: Tensor) -> Tensor:
 
 def masked_psnr(image: Tensor, target: Tensor, region: Tensor) -> Tensor:
     """PSNR in dB of images in [-1, 1] (B, C, S, S) over the pixels where ``region`` (B, 1, S, S) > 0.5, one
-    value per image: the face-region PSNR the benchmarks report."""
+    value per image: the face-region PSNR the benchmarks report (torchmetrics' PSNR takes no mask)."""
     weight = (region > 0.5).to(image.dtype).expand_as(image)
     error = ((image - target) ** 2 * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1)
     return 10 * torch.log10(4.0 / error.clamp_min(1e-12))  # peak-to-peak 2 in [-1, 1]
