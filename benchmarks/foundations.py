@@ -15,7 +15,7 @@ the faces every quickstart number is measured on):
   image, and the judge's cosine between the two.
 
 Run: ``OMP_NUM_THREADS=2 python benchmarks/foundations.py --out benchmarks/results/foundations.md``
-(defaults: the foundation runs' ``last.ckpt`` under outputs/checkpoints/ifadit; ``--shipped`` scores the
+(defaults: the foundation runs' last checkpoints under outputs/checkpoints/ifadit; ``--shipped`` scores the
 files shipped in ifadit/foundations instead).
 """
 
@@ -34,6 +34,7 @@ from torchmetrics.functional.classification import binary_roc
 from ifadit import registry
 from ifadit.cli import _build_task
 from ifadit.data.synthfaces import IDENTITY_NAMES, SynthFaces
+from ifadit.lightning_cli import last_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "outputs/checkpoints/ifadit"
@@ -79,14 +80,21 @@ def embed(encoder: torch.nn.Module, images: Tensor, batch: int = 200) -> Tensor:
     return torch.cat([encoder(part) for part in images.split(batch)])
 
 
+def _last(run: str) -> Path:
+    """The run's newest ``last*.ckpt``, the checkpoint ``--ckpt_path last`` resumes."""
+    found = last_checkpoint(RUNS / run)
+    if found is None:
+        raise SystemExit(f"error: no last checkpoint in {RUNS / run}: train recipes/foundations first")
+    return found
+
+
 def _recognizer(name: str, shipped: bool) -> torch.nn.Module:
     if shipped:
         backbone = {"identity-encoder": "regnetx_002", "judge": "resnet10t"}[name]
         return registry.create("identity_encoders", "timm", backbone=backbone, embedding_dim=128, in_size=64,
                                checkpoint=f"synthfaces64-{name}").eval()
     recipe = {"identity-encoder": "recognizer", "judge": "judge"}[name]
-    checkpoint = RUNS / f"foundations-{recipe}/last.ckpt"
-    task, _ = _build_task(str(RECIPES / f"{recipe}.yaml"), str(checkpoint), False)
+    task, _ = _build_task(str(RECIPES / f"{recipe}.yaml"), str(_last(f"foundations-{recipe}")), False)
     return task.identity_encoder.eval()
 
 
@@ -98,7 +106,7 @@ def _renderer(shipped: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
         mapper = registry.create("mappers", "parameters", n_parameters=86, n_styles=10, style_dim=128,
                                  checkpoint="synthfaces64-parameter-mapper")
         return mapper.eval(), generator.eval()
-    task, _ = _build_task(str(RECIPES / "renderer.yaml"), str(RUNS / "foundations-renderer/last.ckpt"), True)
+    task, _ = _build_task(str(RECIPES / "renderer.yaml"), str(_last("foundations-renderer")), True)
     return task.parameter_mapper.eval(), task.generator.eval()
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ifadit.foundations import FOUNDATIONS, export, update_manifest
+from ifadit.lightning_cli import last_checkpoint
 from ifadit.weights import SHIPPED_DIR, SHIPPED_MANIFEST, WeightsError
 
 
@@ -15,7 +16,7 @@ def main() -> int:
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help=f"foundations to export (default: all): {', '.join(names)}")
     parser.add_argument("--checkpoints", default="outputs/checkpoints/ifadit",
-                        help="the folder of the training runs (each foundation reads <run>/last.ckpt)")
+                        help="the folder of the training runs (each foundation reads its last checkpoint)")
     args = parser.parse_args()
     unknown = sorted(set(args.names) - set(names))
     if unknown:
@@ -24,9 +25,10 @@ def main() -> int:
     for foundation in FOUNDATIONS:
         if args.names and foundation.name not in args.names:
             continue
-        checkpoint = Path(args.checkpoints) / foundation.run / "last.ckpt"
-        if not checkpoint.is_file():
-            raise SystemExit(f"error: {checkpoint} not found: train {foundation.recipe} first")
+        checkpoint = last_checkpoint(Path(args.checkpoints) / foundation.run)
+        if checkpoint is None:
+            raise SystemExit(f"error: no last checkpoint in {args.checkpoints}/{foundation.run}: "
+                             f"train {foundation.recipe} first")
         try:
             entries[foundation.name] = entry = export(foundation, checkpoint, SHIPPED_DIR)
         except WeightsError as exc:
