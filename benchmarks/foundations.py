@@ -31,14 +31,15 @@ from machine import describe  # benchmarks/ is on sys.path when a script runs
 from torch import Tensor
 from torchmetrics.functional.classification import binary_roc
 
-from ifadit import registry
-from ifadit.cli import _build_task
 from ifadit.data.synthfaces import IDENTITY_NAMES, SynthFaces
-from ifadit.lightning_cli import last_checkpoint
+from ifadit.foundations import FOUNDATIONS
+from ifadit.lightning_cli import cli_main, last_checkpoint
+from ifadit.weights import load_component_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "outputs/checkpoints/ifadit"
 RECIPES = ROOT / "recipes/foundations"
+RECOGNIZER_RECIPES = {"identity-encoder": "recognizer", "judge": "judge"}
 
 
 def verification(embeddings: Tensor, labels: Tensor) -> dict[str, float]:
@@ -88,26 +89,17 @@ def _last(run: str) -> Path:
     return found
 
 
-def _recognizer(name: str, shipped: bool) -> torch.nn.Module:
+def _foundation_task(recipe: str, shipped: bool) -> torch.nn.Module:
+    """The task a foundation recipe builds, with its run's last checkpoint or the shipped files' weights."""
+    config = ["--config", str(RECIPES / f"{recipe}.yaml"), "--trainer.logger", "false"]
+    task = cli_main(config, run=False).model
     if shipped:
-        backbone = {"identity-encoder": "regnetx_002", "judge": "resnet10t"}[name]
-        return registry.create("identity_encoders", "timm", backbone=backbone, embedding_dim=128, in_size=64,
-                               checkpoint=f"synthfaces64-{name}").eval()
-    recipe = {"identity-encoder": "recognizer", "judge": "judge"}[name]
-    task, _ = _build_task(str(RECIPES / f"{recipe}.yaml"), str(_last(f"foundations-{recipe}")), False)
-    return task.identity_encoder.eval()
-
-
-def _renderer(shipped: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
-    if shipped:
-        generator = registry.create("generators", "stylegan2", size=64, style_dim=128, n_mlp=2,
-                                    channels={4: 128, 8: 128, 16: 96, 32: 64, 64: 32},
-                                    checkpoint="synthfaces64-generator")
-        mapper = registry.create("mappers", "parameters", n_parameters=86, n_styles=10, style_dim=128,
-                                 checkpoint="synthfaces64-parameter-mapper")
-        return mapper.eval(), generator.eval()
-    task, _ = _build_task(str(RECIPES / "renderer.yaml"), str(_last("foundations-renderer")), True)
-    return task.parameter_mapper.eval(), task.generator.eval()
+        for foundation in FOUNDATIONS:
+            if foundation.recipe == f"recipes/foundations/{recipe}.yaml":
+                load_component_checkpoint(task.get_submodule(foundation.prefix.rstrip(".")), foundation.name)
+    else:
+        task.load_components(_last(f"foundations-{recipe}"))
+    return task.eval()
 
 
 def main() -> None:
@@ -137,7 +129,7 @@ def main() -> None:
     for name in ("identity-encoder", "judge"):
         if name in args.skip:
             continue
-        encoder = _recognizer(name, args.shipped)
+        encoder = _foundation_task(RECOGNIZER_RECIPES[name], args.shipped).identity_encoder
         judge = encoder if name == "judge" else judge
         embeddings = embed(encoder, images)
         v = verification(embeddings, labels)
@@ -150,7 +142,8 @@ def main() -> None:
                      f"{v['dims_90']} | {v['participation']:.1f} | {int((r2 >= 0.5).sum())} of {len(r2)} "
                      f"| {worst} |")
     if "renderer" not in args.skip:
-        mapper, generator = _renderer(args.shipped)
+        renderer = _foundation_task("renderer", args.shipped)
+        mapper, generator = renderer.parameter_mapper, renderer.generator
         with torch.no_grad():
             renders = torch.cat([generator(mapper(p)) for p in test.parameters.split(100)]).clamp(-1, 1)
         psnr = kornia.metrics.psnr((renders + 1) / 2, (images + 1) / 2, 1.0).item()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from machine import describe  # benchmarks/ is on sys.path when a script runs
+from machine import describe, shown_path  # benchmarks/ is on sys.path when a script runs
 from torch import Tensor
 
 from ifadit.cli import _build_task
@@ -58,12 +58,6 @@ def calibration(originals: Tensor, renders: Tensor, labels: Tensor) -> dict[str,
     }
 
 
-def _shown(path: str) -> str:
-    """``path`` relative to the checkout where it lies inside it, so result files name no machine."""
-    resolved = Path(path).resolve()
-    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else path
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(ROOT / "recipes/quickstart/compensator.yaml"))
@@ -93,7 +87,7 @@ def main() -> None:
     encoders["the model's identity encoder"] = model.identity_encoder
     lines = [
         f"Test identities: {len(labels.unique())}, images: {len(labels)}. Reconstructions by "
-        f"{_shown(args.ckpt_path)}.",
+        f"{shown_path(args.ckpt_path)}.",
         f"Machine: {describe(args.threads)}.",
         "",
         "| recognizer | genuine pairs | impostors | reconstruction vs its original "

@@ -28,7 +28,7 @@ from pathlib import Path
 import kornia
 import torch
 import torch.nn.functional as F
-from machine import describe  # benchmarks/ is on sys.path when a script runs
+from machine import describe, shown_path  # benchmarks/ is on sys.path when a script runs
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
@@ -173,11 +173,7 @@ def main() -> None:
     x = torch.cat([b["image"] for b in datamodule.test_dataloader()])[: args.faces]
     keys = [SecretKey.generate() for _ in range(args.keys)]
     result = measure(task.model.eval(), judge_task.identity_encoder.eval(), x, keys, args.pair_faces)
-    source = (
-        str(Path(args.ckpt_path).resolve().relative_to(ROOT))
-        if Path(args.ckpt_path).resolve().is_relative_to(ROOT)
-        else args.ckpt_path
-    )
+    source = shown_path(args.ckpt_path)
     text = table(result, x.shape[0], min(args.pair_faces, x.shape[0]), describe(args.threads), source)
     print(text)
     if args.out:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 import torch
 
@@ -25,3 +26,10 @@ def describe(threads: int) -> str:
         f"{cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}, {threads} thread(s), "
         f"{platform.python_implementation()} {platform.python_version()}"
     )
+
+
+def shown_path(path: str) -> str:
+    """``path`` relative to the checkout where it lies inside it, so result files name no machine."""
+    root = Path(__file__).resolve().parents[1]
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else path

@@ -99,11 +99,12 @@ class SynthFaces(Dataset):
         self.nuisance = float(nuisance)
         self.identities = split_identities(num_identities, seed, self.split_fractions)[split]
         self.cache_dir = self.root / f"synthfaces-v{RENDERER_VERSION}-{self._digest()}"
+        # One row per identity of the split, drawn once: the renderer and the items' parameters both use it.
+        self.identity_params = identity_param_array(seed, self.identities)
         self.images, self.identity_labels, self.attributes = self._load_or_render()
-        identity_rows = identity_param_array(seed, self.identities)
         row_of = np.searchsorted(self.identities, self.identity_labels.numpy())
         self.parameters = torch.from_numpy(
-            normalized_parameters(identity_rows[row_of], self.attributes.numpy().astype(np.float64))
+            normalized_parameters(self.identity_params[row_of], self.attributes.numpy().astype(np.float64))
         )
 
     @property
@@ -172,7 +173,7 @@ class SynthFaces(Dataset):
 
     def _render(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         per = self.images_per_identity
-        identity_params = np.repeat(identity_param_array(self.seed, self.identities), per, axis=0)
+        identity_params = np.repeat(self.identity_params, per, axis=0)
         nuisance = [nuisance_param_array(self.seed, int(i), per, self.nuisance) for i in self.identities]
         nuisance_params = np.concatenate(nuisance) if nuisance else np.zeros((0, len(NUISANCE_NAMES)))
         labels = np.repeat(self.identities.astype(np.int64), per)

@@ -1,4 +1,4 @@
-"""The soft-shape painter SynthFaces draws with.
+"""The soft-shape painter SynthFaces draws with, its colour tables and its deterministic pattern.
 
 Every shape is an approximate signed distance field evaluated on the whole pixel grid of a chunk of images
 at once, turned into an anti-aliased alpha (one pixel ramp) and composited over the canvas: no per-pixel or
@@ -11,6 +11,29 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+# Colour tables of :func:`palette` (dark to light skin, brown to grey irises, black to grey hair, lips).
+SKIN = torch.tensor(
+    [[0.33, 0.20, 0.13], [0.55, 0.36, 0.24], [0.78, 0.57, 0.44], [0.96, 0.80, 0.68], [1.00, 0.88, 0.80]]
+)
+IRIS = torch.tensor(
+    [[0.28, 0.15, 0.07], [0.50, 0.36, 0.14], [0.28, 0.52, 0.28], [0.25, 0.48, 0.85], [0.55, 0.62, 0.68]]
+)
+HAIR = torch.tensor(
+    [[0.06, 0.05, 0.05], [0.25, 0.15, 0.08], [0.50, 0.23, 0.10], [0.85, 0.68, 0.36], [0.72, 0.72, 0.74]]
+)
+LIP = torch.tensor([[0.72, 0.45, 0.42], [0.78, 0.30, 0.32], [0.70, 0.12, 0.18]])
+OUTLINE = torch.tensor([0.18, 0.10, 0.08])
+
+
+def pattern(seed: Tensor, count: int, salt: float) -> Tensor:
+    """(B,) pattern seeds in [0, 1) → (B, count) deterministic pseudo-random numbers in [0, 1).
+
+    A sine hash (as in shaders), in float64 so that every platform gets the same freckle positions.
+    """
+    k = torch.arange(count, dtype=torch.float64)
+    phase = seed.double()[:, None] * 97.31 + k * 7.123 + salt
+    return torch.frac(torch.sin(phase * 12.9898).abs() * 43758.5453).float()
 
 
 def palette(position: Tensor, table: Tensor) -> Tensor:

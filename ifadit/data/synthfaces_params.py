@@ -151,6 +151,8 @@ _IDENTITY_RANGES: dict[str, tuple[float, float]] = {
 }
 IDENTITY_NAMES: tuple[str, ...] = tuple(f.name for f in fields(IdentityParams))
 assert tuple(_IDENTITY_RANGES) == IDENTITY_NAMES, "IdentityParams fields and ranges out of sync"
+_LOWS = np.array([lo for lo, _ in _IDENTITY_RANGES.values()])
+_HIGHS = np.array([hi for _, hi in _IDENTITY_RANGES.values()])
 
 # Per-image nuisance attributes: name → (canonical value, how a raw uniform u maps to the full value).
 # Kinds: "signed" 2u-1 in [-1, 1]; "unit" u in [0, 1]; "mouth" closed in 37 % of images, else open up to 1;
@@ -205,12 +207,10 @@ def _raw_uniforms(entropy: Sequence[int], count: int) -> np.ndarray:
 
 def identity_param_array(seed: int, identities: Sequence[int] | np.ndarray) -> np.ndarray:
     """(N, len(IDENTITY_NAMES)) physical identity parameters for the given identity indices."""
-    lows = np.array([lo for lo, _ in _IDENTITY_RANGES.values()])
-    highs = np.array([hi for _, hi in _IDENTITY_RANGES.values()])
     uniforms = np.stack(
-        [_raw_uniforms([seed, _STREAM_IDENTITY, int(i)], len(lows)) for i in identities]
-    ).reshape(-1, len(lows))
-    return lows + uniforms * (highs - lows)
+        [_raw_uniforms([seed, _STREAM_IDENTITY, int(i)], len(_LOWS)) for i in identities]
+    ).reshape(-1, len(_LOWS))
+    return _LOWS + uniforms * (_HIGHS - _LOWS)
 
 
 def nuisance_param_array(seed: int, identity: int, num_images: int, strength: float = 1.0) -> np.ndarray:
@@ -239,9 +239,7 @@ def nuisance_param_array(seed: int, identity: int, num_images: int, strength: fl
 def normalized_parameters(identity: np.ndarray, nuisance: np.ndarray) -> np.ndarray:
     """Identity (N, Ki) and nuisance (N, Kn) physical values → (N, Ki + Kn) float32 in [-1, 1], in the
     order of :data:`PARAMETER_NAMES`: the input of a renderer trained on SynthFaces (parameters → image)."""
-    lows = np.array([lo for lo, _ in _IDENTITY_RANGES.values()])
-    highs = np.array([hi for _, hi in _IDENTITY_RANGES.values()])
-    ident = (np.asarray(identity) - lows) / (highs - lows) * 2.0 - 1.0
+    ident = (np.asarray(identity) - _LOWS) / (_HIGHS - _LOWS) * 2.0 - 1.0
     signed = np.array([kind == "signed" for _, kind in _NUISANCE_SPEC.values()])
     nuis = np.where(signed, nuisance, np.asarray(nuisance) * 2.0 - 1.0)
     return np.concatenate([ident, nuis], axis=1).astype(np.float32)

@@ -15,7 +15,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ifadit.data.synthfaces_painter import Painter, col, feature_window, palette
+from ifadit.data.synthfaces_painter import (
+    HAIR,
+    IRIS,
+    LIP,
+    OUTLINE,
+    SKIN,
+    Painter,
+    col,
+    feature_window,
+    palette,
+    pattern,
+)
 from ifadit.data.synthfaces_params import (
     IDENTITY_NAMES,
     NUISANCE_NAMES,
@@ -23,31 +34,9 @@ from ifadit.data.synthfaces_params import (
     nuisance_param_array,
 )
 
-_SKIN = torch.tensor(
-    [[0.33, 0.20, 0.13], [0.55, 0.36, 0.24], [0.78, 0.57, 0.44], [0.96, 0.80, 0.68], [1.00, 0.88, 0.80]]
-)
-_IRIS = torch.tensor(
-    [[0.28, 0.15, 0.07], [0.50, 0.36, 0.14], [0.28, 0.52, 0.28], [0.25, 0.48, 0.85], [0.55, 0.62, 0.68]]
-)
-_HAIR = torch.tensor(
-    [[0.06, 0.05, 0.05], [0.25, 0.15, 0.08], [0.50, 0.23, 0.10], [0.85, 0.68, 0.36], [0.72, 0.72, 0.74]]
-)
-_LIP = torch.tensor([[0.72, 0.45, 0.42], [0.78, 0.30, 0.32], [0.70, 0.12, 0.18]])
-_OUTLINE = torch.tensor([0.18, 0.10, 0.08])
-
 _EYE_DEPTH = 0.82  # head depth / head width: features move with yaw by this much of the head width
 _ZOOM = 1.15  # the head fills more of the frame (as in FFHQ crops), so its details get more pixels
 _FRECKLES = 16  # the most freckles a face has
-
-
-def _pattern(seed: Tensor, count: int, salt: float) -> Tensor:
-    """(B,) pattern seeds in [0, 1) → (B, count) deterministic pseudo-random numbers in [0, 1).
-
-    A sine hash (as in shaders), in float64 so that every platform gets the same freckle positions.
-    """
-    k = torch.arange(count, dtype=torch.float64)
-    phase = seed.double()[:, None] * 97.31 + k * 7.123 + salt
-    return torch.frac(torch.sin(phase * 12.9898).abs() * 43758.5453).float()
 
 
 def _render_chunk(identity: Tensor, nuisance: Tensor, size: int) -> Tensor:
@@ -99,11 +88,11 @@ def _render_chunk(identity: Tensor, nuisance: Tensor, size: int) -> Tensor:
         squash = (cos_y - _EYE_DEPTH * u / depth * sin_y).clamp(0.12, 1.2)
         return sx, sy, squash
 
-    skin = palette(p["skin_tone"], _SKIN)
+    skin = palette(p["skin_tone"], SKIN)
     skin = (skin + 0.07 * p["skin_warmth"][:, None] * torch.tensor([0.3, 0.2, -1.0])).clamp(0, 1)
     shadow_skin = skin * 0.8
-    outline = skin * 0.45 + _OUTLINE * 0.2
-    hair = palette(n["hair_colour"], _HAIR)
+    outline = skin * 0.45 + OUTLINE * 0.2
+    hair = palette(n["hair_colour"], HAIR)
     has_hair = col(1.0 - n["bald"])
 
     # Shoulders and neck.
@@ -192,7 +181,7 @@ def _render_chunk(identity: Tensor, nuisance: Tensor, size: int) -> Tensor:
         face.paint(face.alpha(bone) * on_skin * col(0.35 * p["cheekbones"]), shadow_skin * 0.9)
 
     # Eyes: outline, white, iris (clipped to the white), pupil, glint, lid; then brows.
-    iris = palette(p["iris_colour"], _IRIS)
+    iris = palette(p["iris_colour"], IRIS)
     brow = torch.lerp(
         torch.tensor([0.06, 0.04, 0.03]), torch.tensor([0.5, 0.36, 0.24]), 1 - p["brow_darkness"][:, None]
     )
@@ -287,7 +276,7 @@ def _render_chunk(identity: Tensor, nuisance: Tensor, size: int) -> Tensor:
     face.paint(face.alpha(moustache) * col((p["facial_hair"] > 0.6).float()), facial_hair)
 
     # Mouth: dark opening (with teeth) between two lips bent by the smile.
-    lips = palette(p["lip_redness"], _LIP) * (0.55 + 0.45 * skin)
+    lips = palette(p["lip_redness"], LIP) * (0.55 + 0.45 * skin)
     hole_alpha = face.alpha(
         face.ellipse(mouth_x, mouth_y + smile_bend * 0.5, half_w * 0.9, opening * 0.5 + 0.004)
     )
@@ -332,8 +321,8 @@ def _render_chunk(identity: Tensor, nuisance: Tensor, size: int) -> Tensor:
 
     # Freckles over the nose and cheeks, their number and places part of the identity; then moles.
     density = ((p["freckles"] - 0.5) * 2.0).clamp(min=0.0)
-    spots_u = _pattern(p["freckle_pattern"], _FRECKLES, 0.0) * 1.1 - 0.55
-    spots_v = _pattern(p["freckle_pattern"], _FRECKLES, 3.7) * 0.35 + 0.05
+    spots_u = pattern(p["freckle_pattern"], _FRECKLES, 0.0) * 1.1 - 0.55
+    spots_v = pattern(p["freckle_pattern"], _FRECKLES, 3.7) * 0.35 + 0.05
     freckle = outline * 0.4 + skin * 0.5
     for k in range(_FRECKLES):
         fx, fy, _ = project(spots_u[:, k], spots_v[:, k])
