@@ -10,7 +10,7 @@ OUT := outputs/quickstart
 
 $(STAMP): pyproject.toml $(PLUGINS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench,ray]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
 	touch $(STAMP)
 
 # The main job: the whole quickstart chain on SynthFaces 64 px (two recognizers, phase 1, phase 2), then a
