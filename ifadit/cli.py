@@ -20,6 +20,8 @@ from typing import Any
 from ifadit import __version__, registry
 from ifadit.cli_models import MODEL_HELP, add_model_parsers
 from ifadit.keys import KeyFileError, SecretKey, load_passphrase_file
+from ifadit.keys.passphrase import require_strong_passphrase
+from ifadit.keys.secret import SCRYPT_DEFAULTS, SCRYPT_MIN_N
 from ifadit.photos.commands import add_align_parser
 from ifadit.weights import WeightsError, load_checkpoint, load_state_dict_by_name
 
@@ -53,7 +55,9 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     if args.passphrase_file:
         salt = bytes.fromhex(args.salt) if args.salt else None
         passphrase = load_passphrase_file(args.passphrase_file)
-        draw = lambda: SecretKey.from_passphrase(passphrase, salt=salt)  # noqa: E731
+        if not args.allow_weak_passphrase:  # before checking keys, which takes a while
+            require_strong_passphrase(passphrase)
+        draw = lambda: SecretKey.from_passphrase(passphrase, salt=salt, allow_weak=True)  # noqa: E731
     else:
         draw = SecretKey.generate
     secret = _checked_key(args, draw) if args.ckpt_path else draw()
@@ -103,7 +107,10 @@ def _read_secret(args: argparse.Namespace) -> SecretKey:
         if not args.salt:
             raise ValueError("--passphrase_file needs --salt (hex) so the same key can be derived again")
         return SecretKey.from_passphrase(
-            load_passphrase_file(args.passphrase_file), salt=bytes.fromhex(args.salt)
+            load_passphrase_file(args.passphrase_file),
+            salt=bytes.fromhex(args.salt),
+            n=args.scrypt_n,
+            allow_weak=args.allow_weak_passphrase,
         )
     raise ValueError("give --key KEYFILE or --passphrase_file FILE --salt HEX")
 
@@ -207,8 +214,7 @@ def _cmd_photos(args: argparse.Namespace) -> int:
     summary = run_batch(anonymizer, inputs, secret, options)
     done = "anonymized" if args.command == "anonymize" else "recovered"
     print(f"ifadit {args.command}: {done} {summary.faces} face(s) in {len(summary.written)} of "
-          f"{len(inputs)} photo(s) into {args.out}; {len(summary.failed)} failed; "
-          f"key fingerprint {secret.fingerprint}")
+          f"{len(inputs)} photo(s) into {args.out}; {len(summary.failed)} failed")
     return 0 if summary.ok else 1
 
 
@@ -228,6 +234,15 @@ def _add_key_options(p: argparse.ArgumentParser, what: str = "the secret key") -
     p.add_argument("--passphrase_file", help="instead of --key: a file holding the passphrase the key was "
                    "derived from (with --salt)")
     p.add_argument("--salt", help="the hex salt of --passphrase_file (printed in the key file's header)")
+    p.add_argument("--scrypt_n", type=int, default=SCRYPT_DEFAULTS["n"],
+                   help=f"the scrypt cost of --passphrase_file's key (default {SCRYPT_DEFAULTS['n']}; "
+                   f"{SCRYPT_MIN_N} for keys made before the default was raised)")
+    _add_weak_option(p)
+
+
+def _add_weak_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow_weak_passphrase", action="store_true",
+                   help="derive a key from a passphrase that fails the strength check (short or guessable)")
 
 
 def _add_photo_parsers(sub: Any) -> None:
@@ -263,7 +278,8 @@ def _add_photo_parsers(sub: Any) -> None:
             p.add_argument("--detect", action="store_true",
                            help="detect the faces of photos without metadata")
             p.add_argument("--force", action="store_true",
-                           help="recover even when the key fingerprint or model differ from the metadata")
+                           help="recover even when the model differs from the one in the metadata "
+                           "(a wrong key is always refused)")
         p.set_defaults(func=_cmd_photos)
 
 
@@ -288,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="the key file to write (refused if it exists)")
     p.add_argument("--passphrase_file", help="derive the key from the passphrase in this file (scrypt)")
     p.add_argument("--salt", help="hex salt for --passphrase_file (default: random, recorded in the file)")
+    _add_weak_option(p)
     p.add_argument("--config", help="with --ckpt_path: reject keys that are weak for this model "
                    "(ifadit.keycheck), checked on this recipe's validation faces")
     p.add_argument("--ckpt_path", help="the flow-phase checkpoint to check keys on (with --config)")
@@ -343,6 +360,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, help="override the recipe's batch size")
     p.add_argument("--no_detector", action="store_true", help="skip the MTCNN utility metrics")
     p.add_argument("--no_fid", dest="fid", action="store_false", help="skip FID")
+    p.add_argument("--no_attacks", action="store_true",
+                   help="skip the attacks of someone holding the model but not the key")
+    p.add_argument("--attack_keys", type=int, default=100, metavar="N",
+                   help="wrong keys the key search tries per face (default 100; 0: no key search)")
+    p.add_argument("--attack_steps", type=int, default=1000,
+                   help="training steps of the learned-inversion attacker (default 1000; 0: none)")
+    p.add_argument("--attack_pairs", type=int, default=4800,
+                   help="train-split faces anonymized under random keys to train it on (default 4800)")
+    p.add_argument("--attack_batch", type=int, default=256, help="its batch size (default 256)")
     p.add_argument("--out", default="outputs/evaluate",
                    help="folder for evaluation.json, evaluation.md and grid.png (default outputs/evaluate)")
     p.add_argument("--no_mlflow", action="store_true", help="do not log an MLflow run")

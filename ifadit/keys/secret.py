@@ -2,7 +2,9 @@
 
 A :class:`SecretKey` never shows its bytes: ``repr``/``str``/``format`` give the fingerprint, pickling is
 refused, and every error raised here names the file or the problem, never key material. The fingerprint
-is a one-way, domain-separated hash and the only thing about a key that may be logged.
+is a one-way, domain-separated hash and the only thing about a key that may be logged (on the user's own
+machine: published files never carry it). Key and passphrase files that others may read are refused, as ssh
+refuses such private keys; weak passphrases are refused (:mod:`ifadit.keys.passphrase`).
 """
 
 from __future__ import annotations
@@ -13,16 +15,25 @@ import hashlib
 import hmac
 import os
 import secrets
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ifadit.keys.passphrase import require_strong_passphrase
 
 SECRET_BYTES = 32  # 256 bits
 FILE_MAGIC = "ifadit-secret-key"
 FILE_VERSION = 1
 FINGERPRINT_HEX = 16
-# scrypt cost: n=2**15, r=8 is ~32 MiB and ~0.1 s — slow enough for offline guessing, fast for a person.
-SCRYPT_DEFAULTS = {"n": 2**15, "r": 8, "p": 1}
+# scrypt cost of new keys: n=2**17, r=8 is 128 MiB and about 0.3-1 s per guess (RFC 7914's interactive
+# 2**14 is too cheap for a key whose every guess can be checked offline against a published photo).
+SCRYPT_DEFAULTS = {"n": 2**17, "r": 8, "p": 1}
+# The cheapest cost accepted: keys made before the default was raised (n=2**15) must still be re-derivable.
+SCRYPT_MIN_N = 2**15
 SALT_BYTES = 16
 
 
@@ -60,13 +71,18 @@ class SecretKey:
         n: int | None = None,
         r: int | None = None,
         p: int | None = None,
+        allow_weak: bool = False,
     ) -> SecretKey:
-        """Derive a key with scrypt. Without ``salt`` a random one is drawn; it is kept in ``kdf`` (not
-        secret) so the same key can be derived again from the passphrase."""
+        """Derive a key with scrypt. Without ``salt`` a random one is drawn; it is kept in ``kdf`` so the
+        same key can be derived again from the passphrase. A weak passphrase raises
+        :class:`WeakPassphraseError` (one line, never the passphrase) unless ``allow_weak``. ``n`` below the
+        default re-derives a key made with an older, cheaper cost (at least ``SCRYPT_MIN_N``)."""
+        if passphrase is None or (isinstance(passphrase, str | bytes) and not passphrase):
+            raise ValueError("the passphrase is empty")
+        if not allow_weak:
+            require_strong_passphrase(passphrase)
         if isinstance(passphrase, str):
             passphrase = passphrase.encode("utf-8")
-        if not passphrase:
-            raise ValueError("the passphrase is empty")
         salt = secrets.token_bytes(SALT_BYTES) if salt is None else bytes(salt)
         if len(salt) < 8:
             raise ValueError("the salt must be at least 8 bytes")
@@ -75,6 +91,8 @@ class SecretKey:
             "r": r or SCRYPT_DEFAULTS["r"],
             "p": p or SCRYPT_DEFAULTS["p"],
         }
+        if params["n"] < SCRYPT_MIN_N or params["n"] & (params["n"] - 1):
+            raise ValueError(f"scrypt n must be a power of two of at least {SCRYPT_MIN_N}")
         maxmem = 128 * params["n"] * params["r"] * params["p"] + (1 << 20)
         material = hashlib.scrypt(passphrase, salt=salt, dklen=SECRET_BYTES, maxmem=maxmem, **params)
         return cls(material, kdf={"name": "scrypt", "salt": salt.hex(), **params})
@@ -98,7 +116,12 @@ class SecretKey:
     def __format__(self, spec: str) -> str:
         return repr(self)
 
-    # -- key material, for the key schemes only ---
+    # -- key material, for the key schemes and the sealed metadata only ---
+    def derive(self, salt: bytes, info: bytes, length: int = 32) -> bytes:
+        """A subkey for one purpose (HKDF-SHA256: ``info`` names the purpose, ``salt`` makes it per-use), so
+        the secret itself never keys a cipher. The caller must treat the result like the secret."""
+        return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(self.__material)
+
     def expand(self, context: bytes, n_bytes: int) -> bytes:
         """Stable, domain-separated expansion (SHAKE-256) of the key into ``n_bytes`` for one purpose."""
         return hashlib.shake_256(b"ifadit/expand/v1\x00" + context + b"\x00" + self.__material).digest(
@@ -160,6 +183,7 @@ class SecretKey:
         """Read a key file from :meth:`save`; each failure is one line naming the file, never its content."""
         path = Path(path)
         text = _read_private_text(path, "key file", "ascii")
+        _refuse_if_shared(path, "key file")
         fields: dict[str, str] = {}
         header = None
         for raw in text.splitlines():
@@ -209,10 +233,24 @@ def _read_private_text(path: Path, what: str, encoding: str) -> str:
         raise KeyFileError(f"cannot read {what} {path}: {type(exc).__name__}") from None
 
 
+def _refuse_if_shared(path: Path, what: str) -> None:
+    """Refuse a secret-bearing file that others than its owner may read or write, as ssh refuses such a
+    private key: whoever can read it can undo the anonymization (POSIX only)."""
+    if os.name != "posix":
+        return
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise KeyFileError(
+            f"{what} {path} is accessible by others (mode {mode:04o}): run 'chmod 600 {path}'"
+        )
+
+
 def load_passphrase_file(path: str | os.PathLike[str]) -> str:
-    """The first line of a passphrase file (trailing newline stripped); errors never echo the content."""
+    """The first line of a passphrase file (trailing newline stripped); errors never echo the content. A
+    file that others may read is refused, as a key file is."""
     path = Path(path)
     text = _read_private_text(path, "passphrase file", "utf-8")
+    _refuse_if_shared(path, "passphrase file")
     passphrase = text.splitlines()[0] if text else ""
     if not passphrase:
         raise KeyFileError(f"passphrase file {path} is empty")

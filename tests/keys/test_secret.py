@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from ifadit.keys import KeyFileError, SecretKey, load_passphrase_file
-from ifadit.keys.secret import SECRET_BYTES
+from ifadit.keys.secret import SCRYPT_DEFAULTS, SECRET_BYTES
 
 
 def _forms(secret: SecretKey) -> list[str]:
@@ -42,24 +42,36 @@ def test_pickling_is_refused_and_copies_are_the_same_object():
     assert copy.deepcopy(secret) is secret and copy.copy(secret) is secret
 
 
+PHRASE = "correct horse battery staple"
+OLD_N = 2**15  # the cost of keys made before the default was raised: the cheapest still accepted
+
+
 def test_passphrase_kdf_is_scrypt_with_recorded_salt():
-    a = SecretKey.from_passphrase("correct horse battery staple", salt=b"ifadit-test-salt", n=2**10)
-    b = SecretKey.from_passphrase("correct horse battery staple", salt=b"ifadit-test-salt", n=2**10)
-    other_salt = SecretKey.from_passphrase("correct horse battery staple", salt=b"another-salt!!", n=2**10)
-    other_phrase = SecretKey.from_passphrase(
-        "correct horse battery stapler", salt=b"ifadit-test-salt", n=2**10
-    )
+    a = SecretKey.from_passphrase(PHRASE, salt=b"ifadit-test-salt", n=OLD_N)
+    b = SecretKey.from_passphrase(PHRASE, salt=b"ifadit-test-salt", n=OLD_N)
+    other_salt = SecretKey.from_passphrase(PHRASE, salt=b"another-salt!!", n=OLD_N)
+    other_phrase = SecretKey.from_passphrase(PHRASE + "r", salt=b"ifadit-test-salt", n=OLD_N)
     assert a == b
     assert a != other_salt and a != other_phrase
-    assert a.kdf == {"name": "scrypt", "salt": b"ifadit-test-salt".hex(), "n": 2**10, "r": 8, "p": 1}
-    random_salt = SecretKey.from_passphrase("pw", n=2**10)
+    assert a.kdf == {"name": "scrypt", "salt": b"ifadit-test-salt".hex(), "n": OLD_N, "r": 8, "p": 1}
+    random_salt = SecretKey.from_passphrase("pw", n=OLD_N, allow_weak=True)
     assert len(bytes.fromhex(random_salt.kdf["salt"])) == 16
 
 
-def test_passphrase_known_answer_default_parameters():
-    # scrypt(n=2**15, r=8, p=1) is fixed by the default parameters; pinned so a change is noticed.
-    secret = SecretKey.from_passphrase("correct horse battery staple", salt=b"ifadit-test-salt")
-    assert secret.fingerprint == "fa865561b2b90fed"
+def test_passphrase_known_answers_new_default_and_old_cost():
+    # New keys: scrypt(n=2**17, r=8, p=1), 128 MiB per guess; pinned so a change is noticed.
+    assert SCRYPT_DEFAULTS == {"n": 2**17, "r": 8, "p": 1}
+    secret = SecretKey.from_passphrase(PHRASE, salt=b"ifadit-test-salt")
+    assert secret.kdf["n"] == 2**17 and secret.fingerprint == "3880c41301c6d927"
+    # A key made with the old default (n=2**15) is still derived as it was.
+    old = SecretKey.from_passphrase(PHRASE, salt=b"ifadit-test-salt", n=OLD_N)
+    assert old.fingerprint == "fa865561b2b90fed" and old != secret
+
+
+@pytest.mark.parametrize("n", [2**10, 2**14, 3 * 2**15])
+def test_scrypt_cost_below_the_old_default_or_not_a_power_of_two_is_refused(n):
+    with pytest.raises(ValueError, match="power of two of at least 32768"):
+        SecretKey.from_passphrase(PHRASE, salt=b"ifadit-test-salt", n=n)
 
 
 @pytest.mark.parametrize("bad", [b"", "", None])
@@ -69,7 +81,7 @@ def test_empty_passphrase_is_rejected(bad):
 
 
 def test_key_file_roundtrip_mode_and_no_overwrite(tmp_path):
-    secret = SecretKey.from_passphrase("pw", salt=b"saltsalt", n=2**10)
+    secret = SecretKey.from_passphrase(PHRASE, salt=b"saltsalt", n=OLD_N)
     path = secret.save(tmp_path / "k.key")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     loaded = SecretKey.load(path)
@@ -91,8 +103,10 @@ def test_bit_flip_gives_a_different_key():
 
 
 def _write(tmp_path, name, text):
+    """A private file (mode 0600), as key and passphrase files must be."""
     path = tmp_path / name
     path.write_text(text)
+    path.chmod(0o600)
     return path
 
 
@@ -115,6 +129,7 @@ def test_bad_key_files_give_one_line_errors_without_key_material(tmp_path):
         "directory": (tmp_path, "cannot read"),
     }
     (tmp_path / "bin.key").write_bytes(b"\xff\xfe\x00" * 10)
+    (tmp_path / "bin.key").chmod(0o600)
     for name, (path, expected) in cases.items():
         with pytest.raises(KeyFileError) as info:
             SecretKey.load(path)
