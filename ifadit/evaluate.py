@@ -10,6 +10,10 @@ weights are already on disk.
 The ``headline`` rows equal ``ifadit score`` for the same judge and key, except the wrong-key and two-key
 cosines: ``score`` draws its wrong key and second key at random, the suite uses fixed public keys (one wrong
 key per image), so its numbers repeat from run to run.
+
+Unless ``--no_attacks``, the suite also runs the attacks of someone who has the model but not the key
+(:mod:`ifadit.metrics.attacks`): an inverter trained on train-split faces anonymized under random keys, a
+search over ``--attack_keys`` wrong keys, and linkability of anonymized faces.
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ from ifadit.anonymizer import IFADIT
 from ifadit.grids import save_labelled_grid
 from ifadit.keys import SecretKey
 from ifadit.metrics import AnonymizationSuite, MTCNNDetector, RecognizerFeatures, default_lpips
+from ifadit.metrics.attacks import ModelAttacks, attack_pairs, train_inverter
 from ifadit.metrics.suite import Results
 from ifadit.recognizers import Calibration, EncoderRecognizer, Recognizer, calibrate_threshold
 from ifadit.text import format_rows
 
 GROUPS = ("anonymity", "reversibility", "security", "diversity", "quality", "utility")
-HIDDEN_COUNTS = ("/pairs", "/gallery", "/nonfinite")  # in the JSON, not in the printed table
+HIDDEN_COUNTS = ("/pairs", "/gallery", "/nonfinite", "/faces")  # in the JSON, not in the printed table
+COSINE_LEAVES = ("cos", "chance", "right_key", "best_key", "best_per_face", "mean_key")
 
 
 @dataclass
@@ -85,8 +91,10 @@ def run_suite(
     fid: bool = True,
     limit: int | None = None,
     keep_samples: int = 8,
+    attacks: ModelAttacks | None = None,
 ) -> EvaluationReport:
-    """Feed ``batches`` (dicts with ``image`` and optionally ``identity``) through the suite."""
+    """Feed ``batches`` (dicts with ``image`` and optionally ``identity``) through the suite (and the
+    model-holder ``attacks``, built for these recognizers and this model, when given)."""
     model.eval()
     for recognizer in recognizers.values():
         recognizer.eval()
@@ -100,6 +108,7 @@ def run_suite(
         fid_features=fid_features,
         perceptual=perceptual,
         keep_samples=keep_samples,
+        attacks=attacks,
     )
     device = next(model.parameters()).device
     suite.to(device)
@@ -147,7 +156,7 @@ def format_value(name: str, value: float | int | None) -> str:
         return f"{value:.2f} dB"
     if name.startswith("reversibility/latent") or leaf == "latent_roundtrip_max_error":
         return f"{value:.1e}"
-    if leaf == "cos" or name.startswith("judge_cos"):
+    if leaf in COSINE_LEAVES or leaf.endswith("_cos") or name.startswith("judge_cos"):
         return f"{value:+.3f}"
     return f"{value:.3f}" if math.isfinite(value) else str(value)
 
@@ -179,7 +188,7 @@ def markdown_report(report: EvaluationReport, title: str = "ifadit evaluate") ->
     meta = report.meta
     lines = [f"# {title}", "", "| | |", "|---|---|"]
     for key in ("checkpoint", "config", "split", "images", "key_fingerprint", "num_anonymizations",
-                "fid_features", "lpips", "detector", "seconds"):
+                "fid_features", "lpips", "detector", "attack_inverter", "attack_keys", "seconds"):
         if key in meta:
             lines.append(f"| {key} | {meta[key]} |")
     lines += ["", "## Recognizers", "", "| name | verification | input | differentiable | calibration |",
@@ -253,6 +262,70 @@ def log_to_mlflow(
     return run_id
 
 
+# -- attacks ----------------------------------------------------------------------------------------------
+
+
+def build_attacks(
+    model: IFADIT,
+    recognizers: Mapping[str, Recognizer],
+    train_batches: Iterable[Mapping[str, Tensor]],
+    num_keys: int,
+    steps: int,
+    pairs: int,
+    batch_size: int = 256,
+) -> tuple[ModelAttacks, dict[str, Any]]:
+    """The model-holder attacks: an inverter with the compensator's layout (or the paper's ratios, 2d-4d-2d,
+    without one) trained ``steps`` steps on ``pairs`` faces of ``train_batches`` under random public keys."""
+    dim = int(model.identity_encoder.embedding_dim)
+    hidden = tuple(getattr(model.compensator, "hidden", (2 * dim, 4 * dim, 2 * dim)))
+    inverter, made = None, 0
+    start = time.perf_counter()
+    if steps > 0:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the train loader's shuffle: the same pairs every run
+            inputs, targets = attack_pairs(model, train_batches, pairs)
+        made = inputs.shape[0]
+        inverter = train_inverter(inputs, targets, hidden, steps=steps, batch_size=batch_size)
+    meta = {
+        "attack_inverter": f"MLP {dim}-{'-'.join(map(str, hidden))}-{dim}, {steps} steps of {batch_size} "
+        f"on {made} train-split faces under random keys ({time.perf_counter() - start:.0f} s)"
+        if inverter is not None
+        else None,
+        "attack_keys": num_keys,
+    }
+    return ModelAttacks(recognizers, num_keys=num_keys, inverter=inverter), meta
+
+
+def attack_summary(results: Results, judge: str) -> list[str]:
+    """One line per attack for ``judge`` (the numbers the security docs compare)."""
+
+    def get(name: str) -> str:
+        return format_value(name, results.get(name))
+
+    lines = []
+    if f"security/learned_inversion/{judge}/cos" in results:
+        lines.append(
+            f"learned inversion: {get(f'security/learned_inversion/{judge}/cos')} judge cos to the original "
+            f"(chance {get(f'security/learned_inversion/{judge}/chance')}, "
+            f"right key {get(f'security/learned_inversion/{judge}/right_key')})"
+        )
+    if f"security/key_search/{judge}/cos" in results:
+        lines.append(
+            f"key search over {results.get('security/key_search/latent/keys')} wrong keys: best key "
+            f"{get('security/key_search/latent/best_key')}, best per face "
+            f"{get('security/key_search/latent/best_per_face')}, right key "
+            f"{get('security/key_search/latent/right_key')} (identity cos); each face's best wrong key "
+            f"judged {get(f'security/key_search/{judge}/cos')}"
+        )
+    if f"security/linkability/{judge}/same_key/auc" in results:
+        lines.append(
+            f"linkability AUC: originals {get(f'security/linkability/{judge}/original/auc')}, one key "
+            f"{get(f'security/linkability/{judge}/same_key/auc')}, a key per photo "
+            f"{get(f'security/linkability/{judge}/per_photo_key/auc')}"
+        )
+    return lines
+
+
 # -- the command ------------------------------------------------------------------------------------------
 
 
@@ -284,10 +357,20 @@ def evaluate_checkpoint(task: Any, datamodule: Any, secret: SecretKey | None, ar
     datamodule.setup("test")
     calibration = calibrate_missing_thresholds(recognizers, datamodule.val_dataloader(), args.far)
     loader = {"test": datamodule.test_dataloader, "val": datamodule.val_dataloader}[args.data]()
+    attacks, attack_meta = None, {}
+    if not args.no_attacks:
+        for flag in ("attack_keys", "attack_steps", "attack_pairs"):
+            if getattr(args, flag) < 0:
+                raise ValueError(f"--{flag} must be >= 0")
+        attacks, attack_meta = build_attacks(
+            model, recognizers, datamodule.train_dataloader(), args.attack_keys, args.attack_steps,
+            args.attack_pairs, args.attack_batch,
+        )
     report = run_suite(
         model, loader, secret, recognizers, num_anonymizations=args.anonymizations,
-        detector=not args.no_detector, fid=args.fid, limit=args.limit,
+        detector=not args.no_detector, fid=args.fid, limit=args.limit, attacks=attacks,
     )
+    report.meta.update(attack_meta)
     report.meta.update(
         checkpoint=str(args.ckpt_path), config=str(args.config), split=args.data,
         key="public validation key (no --key given)" if public_key_used else "user key",
@@ -304,6 +387,8 @@ def evaluate_checkpoint(task: Any, datamodule: Any, secret: SecretKey | None, ar
     if own:
         print("  (no --recognizer: judged by the model's own identity encoder, which is not independent)")
     print(format_report(report, judge))
+    for line in attack_summary(report.results, judge):
+        print(f"attack ({judge}): {line}")
     print(f"wrote {', '.join(str(p) for p in files.values())}")
     if not args.no_mlflow:
         uri = args.tracking_uri or mlflow_uri_default()

@@ -1,7 +1,9 @@
 """The anonymization metrics suite: torchmetrics ``Metric`` s on embeddings, images, latents and detections
-(usable on any anonymizer), and :class:`AnonymizationSuite`, which drives an ifadit model and feeds them all.
+(usable on any anonymizer), :class:`AnonymizationSuite`, which drives an ifadit model and feeds them all, and
+:class:`ModelAttacks`, what an attacker holding the model but not the key gets.
 """
 
+from ifadit.metrics.attacks import KeySearch, Linkability, ModelAttacks, attack_pairs, train_inverter
 from ifadit.metrics.detection import Detections, DetectionUtility, MTCNNDetector
 from ifadit.metrics.identity import IdentityRetrieval, IdentitySimilarity, PairwiseIdentityDiversity
 from ifadit.metrics.image import (
@@ -24,13 +26,17 @@ __all__ = [
     "IdentityRetrieval",
     "IdentitySimilarity",
     "KeyIndistinguishability",
+    "KeySearch",
     "LPIPSDistance",
     "LatentRoundTripError",
+    "Linkability",
     "MTCNNDetector",
     "MeanDistance",
+    "ModelAttacks",
     "PairwiseDistance",
     "PairwiseIdentityDiversity",
     "RecognizerFeatures",
+    "attack_pairs",
     "default_lpips",
     "flow_density",
     "lpips_weights_present",
@@ -39,4 +45,5 @@ __all__ = [
     "public_key",
     "sphere_score",
     "ssim_metric",
+    "train_inverter",
 ]

@@ -14,7 +14,9 @@ one bit away, reconstructs the originals without the flow, and scores
   correct-key vs wrong-key recovered latents (0.5 ideal);
 - diversity: mean pairwise identity cosine among the K anonymizations of one face, pixel / LPIPS diversity;
 - quality: FID of anonymized vs original images with an injected feature extractor;
-- utility: MTCNN detection rate on anonymized images, bbox IoU and landmark error to the original's.
+- utility: MTCNN detection rate on anonymized images, bbox IoU and landmark error to the original's;
+- optionally, attacks by someone who has the model but not the key (:mod:`ifadit.metrics.attacks`): a
+  learned inversion, a search over N wrong keys, and linkability of anonymized faces.
 
 Wrong keys and the diversity keys are public and fixed (derived from labels, like the task's validation
 keys), so two evaluations of one model with one user key give the same numbers. No key is ever stored or
@@ -41,6 +43,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from ifadit.anonymizer import IFADIT
 from ifadit.keys import SecretKey
 from ifadit.keys.secret import SECRET_BYTES
+from ifadit.metrics.attacks import ModelAttacks
 from ifadit.metrics.detection import Detections, DetectionUtility
 from ifadit.metrics.identity import IdentityRetrieval, IdentitySimilarity, PairwiseIdentityDiversity
 from ifadit.metrics.image import Distance, MeanDistance, PairwiseDistance, psnr_metric, ssim_metric
@@ -102,6 +105,9 @@ class AnonymizationSuite(nn.Module):
         perceptual: a per-image distance such as LPIPS (:func:`ifadit.metrics.image.default_lpips`); None
             reports LPIPS as n/a.
         keep_samples: how many faces of the first batch to keep in :attr:`samples` (for a sample grid).
+        attacks: the model-holder attacks (:class:`~ifadit.metrics.attacks.ModelAttacks`, built for the
+            same recognizers); None skips them (their inverter is trained for one model, so only a one-model
+            evaluation gives them).
     """
 
     def __init__(
@@ -112,6 +118,7 @@ class AnonymizationSuite(nn.Module):
         fid_features: nn.Module | None = None,
         perceptual: Distance | None = None,
         keep_samples: int = 0,
+        attacks: ModelAttacks | None = None,
     ) -> None:
         super().__init__()
         if isinstance(recognizers, Recognizer):
@@ -166,6 +173,13 @@ class AnonymizationSuite(nn.Module):
         if detector is not None:
             metrics["utility"] = DetectionUtility()
         self.metrics = nn.ModuleDict(metrics)
+        if attacks is not None and set(attacks.judges) != set(self.recognizers):
+            raise ValueError("the attacks must be built for the suite's recognizers")
+        self.attacks = attacks
+
+    def _all_metrics(self) -> dict[str, Metric]:
+        extra = {} if self.attacks is None else {f"attacks:{k}": m for k, m in self.attacks.metrics.items()}
+        return {**self.metrics, **extra}
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> AnonymizationSuite:
         super()._apply(fn, recurse)
@@ -230,6 +244,7 @@ class AnonymizationSuite(nn.Module):
         one_bit = m.render(z_bit, anon_attributes)
 
         metrics = self.metrics
+        every_judged: dict[str, dict[str, Any]] = {}
         metrics["reversibility/latent"].update(z, flow.inverse(z_anon, cond))
         for group, image in (
             ("reversibility", recovered),
@@ -264,6 +279,7 @@ class AnonymizationSuite(nn.Module):
                 )
             }
             ref = judged["x"]
+            every_judged[name] = judged
 
             def pair(metric: str, probe: str, _ref=ref, _judged=judged) -> None:
                 p = _judged[probe]
@@ -295,6 +311,11 @@ class AnonymizationSuite(nn.Module):
             "one_bit_key": one_bit,
             "reconstruction": reconstruction,
         }
+        if self.attacks is not None:
+            batch |= self.attacks.update(
+                m, self.recognizers, x, labels, index, z, attributes, anon, anon_attributes, flow_input,
+                z_rec, every_judged,
+            )
         if self.keep_samples and not self.samples:
             self.samples = {k: v[: self.keep_samples].detach().cpu() for k, v in batch.items()}
         return batch
@@ -322,28 +343,36 @@ class AnonymizationSuite(nn.Module):
                 results[name.rsplit("/", 1)[0] + "/lpips"] = None  # not configured: "n/a" in its place
         if "quality/fid" not in self.metrics:
             results.setdefault("quality/fid", None)
+        if self.attacks is not None:
+            results.update({name: _to_python(value) for name, value in self.attacks.compute().items()})
+            for name in self.recognizers:
+                if f"security/learned_inversion/{name}/cos" in results:
+                    results[f"security/learned_inversion/{name}/right_key"] = results.get(
+                        f"reversibility/{name}/cos"
+                    )
         return results
 
     def reset(self) -> None:
-        for metric in self.metrics.values():
+        for metric in self._all_metrics().values():
             metric.reset()
         self._seen = 0
         self.samples = {}
 
     def merge_state(self, other: AnonymizationSuite) -> None:
         """Add another suite's accumulated state (same configuration) to this one."""
-        if set(other.metrics) != set(self.metrics):
+        mine, theirs = self._all_metrics(), other._all_metrics()
+        if set(theirs) != set(mine):
             raise ValueError("cannot merge suites with different metrics")
-        for name, metric in self.metrics.items():
+        for name, metric in mine.items():
             # merge_state leaves the update count alone, but a suite merged into a fresh one must compute,
             # and "mean"-reduced states (PSNR's data range) are averaged with it: count first, then merge.
-            metric._update_count += other.metrics[name]._update_count
-            metric.merge_state(other.metrics[name])
+            metric._update_count += theirs[name]._update_count
+            metric.merge_state(theirs[name])
             # FrechetInceptionDistance learns its output dtype in update() only
-            if hasattr(other.metrics[name], "orig_dtype") and not hasattr(metric, "orig_dtype"):
-                metric.orig_dtype = other.metrics[name].orig_dtype
+            if hasattr(theirs[name], "orig_dtype") and not hasattr(metric, "orig_dtype"):
+                metric.orig_dtype = theirs[name].orig_dtype
         self._seen = max(self._seen, other._seen)
 
     @property
     def updated(self) -> bool:
-        return any(metric.update_count for metric in self.metrics.values())
+        return any(metric.update_count for metric in self._all_metrics().values())

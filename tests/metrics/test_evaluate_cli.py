@@ -1,6 +1,6 @@
 """``ifadit evaluate`` end to end on tiny checkpoints written like Lightning's: the table, JSON, Markdown and
-grid, a real sqlite MLflow run, the ``ifadit score`` numbers reproduced, no key material anywhere, and
-one-line errors."""
+grid, the model-holder attacks, a real sqlite MLflow run, the ``ifadit score`` numbers reproduced, no key
+material anywhere, and one-line errors."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def test_evaluate_writes_reports_logs_mlflow_and_reproduces_score(work: Path, ca
     uri = f"sqlite:///{work / 'mlflow.db'}"
     out = work / "out"
     args = _args(work, "--recognizer", judge_spec, "--key", str(work / "user.key"), "--anonymizations", "3",
-                 "--out", str(out), "--tracking_uri", uri)
+                 "--out", str(out), "--tracking_uri", uri, "--attack_keys", "7", "--attack_steps", "5",
+                 "--attack_pairs", "20", "--attack_batch", "8")
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
     secret = SecretKey.load(work / "user.key")
@@ -64,6 +65,16 @@ def test_evaluate_writes_reports_logs_mlflow_and_reproduces_score(work: Path, ca
         assert any(name.startswith(group + "/") for name in results), group
     assert results["quality/fid"] is not None and results["reversibility/latent/max_abs"] < 1e-5
     assert "headline: judge_cos_original_anonymized" in printed and "calibrated on val" in printed
+    # the attacks: trained on 20 train-split faces, 7 search keys, linkability over the 8 val faces
+    assert meta["attack_keys"] == 7 and "5 steps of 8 on 20 train-split faces" in meta["attack_inverter"]
+    assert results["security/key_search/latent/keys"] == 7 and results["security/key_search/judge/pairs"] == 8
+    assert results["security/linkability/judge/per_photo_key/faces"] == 8
+    assert 0.0 <= results["security/linkability/judge/same_key/auc"] <= 1.0
+    assert results["security/learned_inversion/judge/chance"] == pytest.approx(
+        results["security/linkability/judge/original/different_cos"]
+    )
+    assert results["security/learned_inversion/judge/right_key"] == results["reversibility/judge/cos"]
+    assert "attack (judge): learned inversion:" in printed and "a key per photo" in printed
     markdown = (out / "evaluation.md").read_text()
     assert "## anonymity" in markdown and "`anonymity/judge/reid_rate`" in markdown
     assert (out / "grid.png").stat().st_size > 0
@@ -89,6 +100,9 @@ def test_evaluate_writes_reports_logs_mlflow_and_reproduces_score(work: Path, ca
     assert run.info.status == "FINISHED" and run.info.run_name == "evaluate-conf-flow"
     assert run.data.params["key_fingerprint"] == secret.fingerprint
     assert run.data.metrics["anonymity/judge/cos"] == pytest.approx(results["anonymity/judge/cos"])
+    name = "security/learned_inversion/judge/cos"
+    assert run.data.metrics[name] == pytest.approx(results[name])
+    assert run.data.params["attack_keys"] == "7"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"evaluation.json", "evaluation.md", "grid.png"} <= artifacts
 
@@ -101,7 +115,8 @@ def test_evaluate_writes_reports_logs_mlflow_and_reproduces_score(work: Path, ca
 
 def test_evaluate_without_a_recognizer_uses_the_models_own_encoder(work: Path, capsys) -> None:
     out = work / "own"
-    args = _args(work, "--limit", "3", "--no_detector", "--no_fid", "--no_mlflow", "--out", str(out))
+    args = _args(work, "--limit", "3", "--no_detector", "--no_fid", "--no_mlflow", "--no_attacks",
+                 "--out", str(out))
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
     assert "judged by the model's own identity encoder" in printed
@@ -110,6 +125,7 @@ def test_evaluate_without_a_recognizer_uses_the_models_own_encoder(work: Path, c
     assert report["meta"]["images"] == 3
     assert report["results"]["quality/fid"] is None and "utility/detection_rate" not in report["results"]
     assert "anonymity/own_encoder/cos" in report["results"]
+    assert not any("linkability" in name for name in report["results"])  # --no_attacks
 
 
 @pytest.mark.parametrize(
@@ -118,6 +134,7 @@ def test_evaluate_without_a_recognizer_uses_the_models_own_encoder(work: Path, c
         (["--recognizer", "nosuch"], "no recognizers component named 'nosuch'"),
         (["--recognizer", "judge/last.ckpt"], "needs the recipe it was trained with"),
         (["--anonymizations", "0"], "--anonymizations must be >= 1"),
+        (["--attack_keys", "-1"], "--attack_keys must be >= 0"),
         (["--key", "missing.key"], "missing.key"),
     ],
 )
