@@ -46,10 +46,11 @@ from ifadit.photos.align import (
     paste_faces,
 )
 from ifadit.photos.batch import default_batch_size
-from ifadit.photos.blend import paste_masks
+from ifadit.photos.blend import blur_regions, box_quads, paste_masks
 from ifadit.photos.detect import Face, FaceDetector
-from ifadit.photos.io import METADATA_KEY, PhotoError, pil_to_rgb
-from ifadit.photos.metadata import build_metadata, faces_from_metadata
+from ifadit.photos.integrity import face_boxes
+from ifadit.photos.io import METADATA_KEY, PhotoError, pil_to_rgb, upright_srgb
+from ifadit.photos.metadata import build_metadata, open_metadata, seal_metadata
 from ifadit.presets import load_preset
 
 OPERATIONS = ("anonymize", "recover")
@@ -81,6 +82,7 @@ class Prepared:
     matrices: Tensor  # (F, 2, 3)
     crops: Tensor  # (F, 3, S, S)
     masks: Tensor  # (F, 1, S, S)
+    blur: list[Face] = field(default_factory=list)  # regions to blur when anonymizing (tiny, unsure)
 
 
 @dataclass
@@ -94,6 +96,7 @@ class PhotoResult:
     tiny: list[Face] = field(default_factory=list)  # faces too small to process (left as they were)
     crops: Tensor | None = None  # the aligned input crops (F, 3, S, S)
     generated: Tensor | None = None  # what the model made of them (F, 3, S, S)
+    blurred: list[Face] = field(default_factory=list)  # regions blurred instead (tiny or unsure faces)
 
 
 def to_tensor(pixels: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
@@ -123,9 +126,11 @@ class Anonymizer:
     ``model``: a keyed :class:`IFADIT` (a flow-phase or joint checkpoint). ``detector``: an
     MTCNN :class:`FaceDetector` (made on first use). ``mask_fn``: optional face-parsing hook, aligned crops
     (B, 3, S, S) in [-1, 1] -> masks (B, 1, S, S) in [0, 1]; without it a landmark ellipse is used. Either is
-    eroded and blurred before the paste. ``skip_tiny``: leave faces below the detector's ``min_face_size`` as
-    they are instead of refusing the photo. ``batch_size``: faces per model call (None: the measured default
-    of the device, :func:`ifadit.photos.batch.default_batch_size`).
+    joined with the face box widened to the forehead and jaw, then eroded and blurred before the paste.
+    ``blur_tiny``: blur faces below the detector's ``min_face_size`` instead of refusing the photo
+    (``skip_tiny`` is its older name); regions the detector is unsure about are always blurred.
+    ``batch_size``: faces per model call (None: the measured default of the device,
+    :func:`ifadit.photos.batch.default_batch_size`).
     """
 
     def __init__(
@@ -136,7 +141,8 @@ class Anonymizer:
         device: str | torch.device = "cpu",
         model_sha256: str | None = None,
         batch_size: int | None = None,
-        skip_tiny: bool = False,
+        blur_tiny: bool = False,
+        skip_tiny: bool | None = None,
     ) -> None:
         if not model.keyed:
             raise ValueError(
@@ -151,7 +157,7 @@ class Anonymizer:
         self.mask_fn = mask_fn
         self.model_sha256 = model_sha256
         self.batch_size = batch_size
-        self.skip_tiny = skip_tiny
+        self.blur_tiny = blur_tiny if skip_tiny is None else skip_tiny
         self.timer: StageTimer | None = None
 
     # -- construction ---
@@ -209,43 +215,50 @@ class Anonymizer:
     ) -> Prepared:
         """Detect (unless ``faces`` are given), align and mask every face of an RGB uint8 photo.
 
-        Raises :class:`PhotoError` when there is no face, or when a face is too small and ``skip_tiny`` is
+        Raises :class:`PhotoError` when there is no face, or when a face is too small and ``blur_tiny`` is
         off (refusing is the safe choice: a tiny face would otherwise stay recognisable)."""
         tiny: list[Face] = []
+        blur: list[Face] = []
         if faces is None:
             with self._stage("detection"):
                 detection = self.detector.detect(pixels)
             faces, tiny = detection.faces, detection.tiny
-            if tiny and not self.skip_tiny:
+            if tiny and not self.blur_tiny:
                 smallest = min(f.size for f in tiny)
                 raise PhotoError(
                     f"{len(tiny)} face(s) smaller than {self.detector.min_face_size} px (smallest "
                     f"{smallest:.0f} px) cannot be processed reliably; nothing written "
-                    "(--skip-tiny leaves them as they are)"
+                    "(--blur_tiny blurs them instead)"
                 )
-            if not faces:
+            if not faces and not tiny:
                 raise PhotoError(
-                    f"no face found (faces under {self.detector.min_face_size} px or turned far from the "
+                    f"no face found (faces under {self.detector.search_min_size} px or turned far from the "
                     "camera are not detected)"
                 )
+            blur = [*tiny, *detection.unsure]
         faces = list(faces)
-        if not faces:
+        if not faces and not blur:
             raise PhotoError("no face to process")
         with self._stage("alignment"):
             if photo is None:
                 photo = to_tensor(pixels, self.device)
             size = self.resolution
             landmarks = torch.tensor([f.landmarks for f in faces], dtype=torch.float32, device=self.device)
+            landmarks = landmarks.view(-1, 5, 2)
+            boxes = torch.tensor([f.box for f in faces], dtype=torch.float32, device=self.device).view(-1, 4)
             matrices = alignment_matrices(landmarks, size)
             crops = crop_faces(photo, matrices, size)
-            masks = paste_masks(crops, apply_affine(matrices, landmarks), self.mask_fn)
-        return Prepared(photo, faces, tiny, matrices, crops, masks)
+            quads = apply_affine(matrices, box_quads(boxes))  # the face box, to the forehead and jaw
+            masks = paste_masks(crops, apply_affine(matrices, landmarks), self.mask_fn, quads)
+        return Prepared(photo, faces, tiny, matrices, crops, masks, blur)
 
     @torch.no_grad()
     def run_model(self, operation: str, crops: Tensor, secret: SecretKey) -> Tensor:
         """Anonymize or recover aligned crops (N, 3, S, S) with the key, ``batch_size`` at a time."""
         if operation not in OPERATIONS:
             raise ValueError(f"operation must be one of {OPERATIONS}")
+        if crops.shape[0] == 0:  # a photo with only faces to blur
+            return crops.clone()
         outputs = []
         for chunk in crops.split(self.batch_size):
             cond = self.model.key_scheme(secret, batch_size=chunk.shape[0]).to(self.device)
@@ -255,19 +268,26 @@ class Anonymizer:
                 outputs.append(self.model.recover(chunk, cond).image)
         return torch.cat(outputs).clamp(-1, 1)
 
-    def finish(
-        self, operation: str, prepared: Prepared, generated: Tensor, key_fingerprint: str
-    ) -> PhotoResult:
-        """Paste the generated crops back into the photo under their masks."""
+    def finish(self, operation: str, prepared: Prepared, generated: Tensor) -> PhotoResult:
+        """Paste the generated crops back into the photo under their masks. ``metadata`` is the record
+        (faces, model, the face regions) that :func:`ifadit.photos.metadata.seal_metadata` seals into the
+        output; it holds nothing about the key."""
         with self._stage("paste-back"):
             image, union = paste_faces(prepared.photo, generated, prepared.masks, prepared.matrices)
+            blurred = prepared.blur if operation == "anonymize" else []
+            if blurred:
+                image, region = blur_regions(image, torch.tensor([f.box for f in blurred]))
+                union = torch.maximum(union, region.to(union))
         size = (int(prepared.photo.shape[-1]), int(prepared.photo.shape[-2]))
+        regions = face_boxes(prepared.masks, prepared.matrices, *size)
         metadata = build_metadata(
-            operation, prepared.faces, self.model_sha256, key_fingerprint, self.resolution, size
+            operation, prepared.faces, self.model_sha256, self.resolution, size, regions
         )
-        return PhotoResult(
+        result = PhotoResult(
             image, prepared.faces, union[0], metadata, prepared.tiny, prepared.crops, generated
         )
+        result.blurred = list(blurred)
+        return result
 
     def process(self, operation: str, prepared: Sequence[Prepared], secret: SecretKey) -> list[PhotoResult]:
         """Run the model once over the faces of several prepared photos (batched), then paste each back."""
@@ -277,7 +297,7 @@ class Anonymizer:
             generated = self.run_model(operation, torch.cat([p.crops for p in prepared]), secret)
         results = []
         for item, faces in zip(prepared, generated.split([len(p.faces) for p in prepared]), strict=True):
-            results.append(self.finish(operation, item, faces, secret.fingerprint))
+            results.append(self.finish(operation, item, faces))
         return results
 
     def process_photo(
@@ -306,8 +326,8 @@ class Anonymizer:
 
     def anonymize(self, image: ImageT, secret: SecretKey, faces: Sequence[Face] | None = None) -> ImageT:
         """Anonymize every face of a PIL image, an RGB array (H, W, 3; uint8, or float in [0, 1]) or a
-        tensor (3, H, W) / (B, 3, H, W) in [-1, 1]; returns the same kind. A PIL result carries the faces in
-        ``info["ifadit"]``, so :meth:`recover` finds them without detection."""
+        tensor (3, H, W) / (B, 3, H, W) in [-1, 1]; returns the same kind. A PIL result carries its metadata,
+        sealed under the key, in ``info["ifadit"]``, so :meth:`recover` finds the faces without detection."""
         return self._apply("anonymize", image, secret, faces)
 
     def recover(self, image: ImageT, secret: SecretKey, faces: Sequence[Face] | None = None) -> ImageT:
@@ -332,7 +352,12 @@ class Anonymizer:
         self, operation: str, image: Image.Image, secret: SecretKey, faces: Sequence[Face] | None
     ) -> Image.Image:
         if faces is None and isinstance(image.info.get(METADATA_KEY), str):
-            faces = faces_from_metadata(json.loads(image.info[METADATA_KEY]))
+            try:
+                recorded = json.loads(image.info[METADATA_KEY])
+            except json.JSONDecodeError:
+                raise PhotoError("the image's ifadit metadata is not JSON") from None
+            faces = open_metadata(recorded, secret).faces  # WrongKeyError: another key made it
+        image = upright_srgb(image, [])  # EXIF orientation and ICC profile, as the command line reads files
         pixels, alpha, grayscale = pil_to_rgb(image, [])
         result = self.process_photo(operation, pixels, secret, faces)
         out = Image.fromarray(compose_uint8(pixels, result), "RGB")
@@ -341,7 +366,8 @@ class Anonymizer:
         if alpha is not None:
             out = out.convert("LA" if grayscale else "RGBA")
             out.putalpha(Image.fromarray(alpha, "L"))
-        out.info[METADATA_KEY] = json.dumps(result.metadata)
+        written = pil_to_rgb(out, [])[0]  # what a reader of this image sees: the tamper record's pixels
+        out.info[METADATA_KEY] = json.dumps(seal_metadata(result.metadata, secret, written))
         return out
 
     def _apply_array(

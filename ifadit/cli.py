@@ -189,27 +189,38 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_photos(args: argparse.Namespace) -> int:
     """``ifadit anonymize`` / ``ifadit recover``: every face of every photo, one line per failed photo."""
     from ifadit.api import Anonymizer
-    from ifadit.photos.batch import BatchOptions, run_batch
+    from ifadit.photos.batch import BatchOptions, check_targets, run_batch
     from ifadit.photos.detect import FaceDetector
-    from ifadit.photos.io import collect_inputs
+    from ifadit.photos.io import PhotoError, collect_inputs
 
     secret = _read_secret(args)
-    inputs = collect_inputs(args.inputs)
+    unsupported: list[Path] = []
+    inputs = collect_inputs(args.inputs, unsupported)
+    for path in unsupported:  # GIF, TIFF, HEIC, ... in a folder: said, not passed over in silence
+        print(f"ifadit {args.command}: note: {path}: not read (JPEG, PNG or WebP only): convert it first",
+              file=sys.stderr)
     if not inputs:
         raise ValueError("no JPEG, PNG or WebP file in the given inputs")
-    detector = FaceDetector(
-        min_face_size=args.min_face_size, max_side=args.detect_max_side, device=args.device
-    )
-    anonymizer = Anonymizer.from_model(
-        args.model, config=args.config, device=args.device, detector=detector,
-        batch_size=args.batch_size, skip_tiny=args.skip_tiny,
-    )
     options = BatchOptions(
         operation=args.command, out_dir=Path(args.out), file_format=args.format,
         overwrite=args.overwrite, sidecar=args.sidecar,
         metadata=Path(args.metadata) if getattr(args, "metadata", None) else None,
         detect=getattr(args, "detect", False), force=getattr(args, "force", False),
         progress=False if args.no_progress else None,
+        keep_metadata=getattr(args, "keep_metadata", False),
+    )
+    try:  # before any model work: outputs that clash, an output folder that cannot be written
+        check_targets(inputs, options)
+    except PhotoError as exc:
+        raise ValueError(str(exc)) from None
+    if args.min_face_size < 1:
+        raise ValueError("--min_face_size must be at least 1 (pixels of the photo)")
+    detector = FaceDetector(
+        min_face_size=args.min_face_size, max_side=args.detect_max_side, device=args.device
+    )
+    anonymizer = Anonymizer.from_model(
+        args.model, config=args.config, device=args.device, detector=detector,
+        batch_size=args.batch_size, blur_tiny=args.blur_tiny,
     )
     summary = run_batch(anonymizer, inputs, secret, options)
     done = "anonymized" if args.command == "anonymize" else "recovered"
@@ -223,8 +234,8 @@ RENAMED_OPTIONS: dict[str, dict[str, str]] = {
     "keygen": {"--check_ckpt": "--ckpt_path", "--check_config": "--config"},
     "score": {"--ckpt": "--ckpt_path", "--judge_ckpt": "--judge_ckpt_path"},
     "evaluate": {"--ckpt": "--ckpt_path"},
-    "anonymize": {"--ckpt_path": "--model"},
-    "recover": {"--ckpt_path": "--model"},
+    "anonymize": {"--ckpt_path": "--model", "--skip_tiny": "--blur_tiny"},
+    "recover": {"--ckpt_path": "--model", "--skip_tiny": "--blur_tiny"},
 }
 _LONG_OPTION = re.compile(r"^--[A-Za-z][\w-]*$")
 
@@ -265,12 +276,17 @@ def _add_photo_parsers(sub: Any) -> None:
         p.add_argument("--sidecar", action="store_true",
                        help="also write OUTPUT.ifadit.json with the metadata")
         p.add_argument("--min_face_size", type=int, default=24,
-                       help="smallest face side in pixels to process (default 24); smaller ones fail "
-                       "the photo")
-        p.add_argument("--skip_tiny", action="store_true",
-                       help="leave faces under --min_face_size as they are")
+                       help="smallest face to anonymize: box side in pixels of the photo as it is "
+                       "(default 24); smaller faces (searched down to 12 px) fail the photo")
+        p.add_argument("--blur_tiny", action="store_true",
+                       help="blur faces under --min_face_size instead of failing the photo")
         p.add_argument("--detect_max_side", type=int, default=1600,
-                       help="detect on a copy downscaled to this longest side (default 1600)")
+                       help="largest image the face detector sees at once: larger photos are searched "
+                       "in overlapping tiles at full resolution (default 1600)")
+        if name == "anonymize":
+            p.add_argument("--keep_metadata", action="store_true",
+                           help="write back the input's exposure tags (exposure time, aperture, ISO, "
+                           "focal length, flash, ...); camera, serial, GPS, dates are never written")
         p.add_argument("--no_progress", action="store_true", help="no progress bar")
         if name == "recover":
             p.add_argument("--metadata",
@@ -393,8 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every child and prerequisite (YAML value), e.g. trainer.max_steps=5")
     p.add_argument("--name", help="sweep name (parent run, results folder); default: the spec's")
-    p.add_argument("--jobs", type=int, default=1, help="children in parallel processes (threads split)")
-    p.add_argument("--devices", help="one job per GPU: comma-separated CUDA device ids, or 'all'")
+    p.add_argument("--jobs", type=int, help="children at once, as Ray tasks when > 1 (a local Ray runtime "
+                   "without --ray_address); default 1, or as many as the Ray cluster holds")
+    p.add_argument("--ray_address", help="run the children on this Ray cluster, HOST:PORT (default: "
+                   "$RAY_ADDRESS); needs an MLflow server every node reaches as --tracking_uri")
+    p.add_argument("--cpus_per_child", type=float, help="Ray CPUs (and torch threads) per child "
+                   "(default: the cores / --jobs locally, 1 on a cluster)")
+    p.add_argument("--gpus_per_child", type=float, default=0.0, help="Ray GPUs per child (default 0)")
     p.add_argument("--tracking_uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite)")
     p.add_argument("--results_dir", help="summary folder (default: benchmarks/results/<name>)")
     p.add_argument("--work_dir", help="children's checkpoints and logs (default: outputs/sweeps/<name>)")

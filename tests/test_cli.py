@@ -119,7 +119,8 @@ def test_keygen_writes_and_refuses_to_overwrite(tmp_path, capsys):
 
 
 def test_keygen_from_passphrase_file(tmp_path):
-    (tmp_path / "pw").write_text("a long passphrase\n")
+    (tmp_path / "pw").write_text("violet meadow quantum lantern\n")
+    (tmp_path / "pw").chmod(0o600)  # a passphrase file others may read is refused, as a key file is
     args = ["keygen", "--passphrase_file", str(tmp_path / "pw"), "--salt", "00112233445566778899"]
     assert main([*args[:1], str(tmp_path / "a.key"), *args[1:]]) == 0
     assert main([*args[:1], str(tmp_path / "b.key"), *args[1:]]) == 0

@@ -1,7 +1,9 @@
 """``ifadit anonymize`` / ``ifadit recover`` over many files: each photo read, its faces found (detected, or
-from the metadata an anonymized photo carries), the faces of several photos run through the model together,
-each result written atomically beside a summary. A photo that fails is reported in one line and skipped;
-the others go on, and nothing of a failed photo is written.
+from the sealed metadata an anonymized photo carries), the faces of several photos run through the model
+together, each result written atomically with its metadata sealed under the key. A photo that fails is
+reported in one line and skipped; the others go on, and nothing of a failed photo is written. ``recover``
+opens the metadata with the key (a wrong key fails the photo: "this key did not anonymize this photo") and
+reports whether each face region is exactly as anonymized, re-encoded (with its PSNR) or replaced.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ifadit.keys import SecretKey
 from ifadit.photos.detect import Face
+from ifadit.photos.integrity import FaceCheck, check_regions, describe
 from ifadit.photos.io import (
     LOSSY,
     SUFFIX_OF,
@@ -27,7 +30,8 @@ from ifadit.photos.io import (
     sidecar_path,
     write_atomic,
 )
-from ifadit.photos.metadata import faces_from_metadata
+from ifadit.photos.metadata import OpenedMetadata, open_metadata, seal_metadata
+from ifadit.photos.seal import JPEG_MAX_TEXT
 
 if TYPE_CHECKING:
     import torch
@@ -54,8 +58,9 @@ class BatchOptions:
     sidecar: bool = False  # also write <output>.ifadit.json
     metadata: Path | None = None  # recover: the metadata of every input (a sidecar), instead of its own
     detect: bool = False  # recover: detect the faces when a photo carries no metadata
-    force: bool = False  # recover: go on when the key fingerprint or the model hash differ from the metadata
+    force: bool = False  # recover: go on when the model hash differs from the metadata (never a wrong key)
     progress: bool | None = None  # None: a progress bar when stderr is a terminal
+    keep_metadata: bool = False  # anonymize: write the input's exposure tags (io.KEPT_EXIF_TAGS) back
 
 
 @dataclass
@@ -64,6 +69,7 @@ class BatchSummary:
     failed: list[tuple[Path, str]] = field(default_factory=list)
     faces: int = 0
     notes: list[tuple[Path, str]] = field(default_factory=list)
+    integrity: dict[Path, list[FaceCheck]] = field(default_factory=dict)  # recover: each face region's state
 
     @property
     def ok(self) -> bool:
@@ -101,35 +107,30 @@ def _faces_for_recovery(
     options: BatchOptions,
     shared_metadata: dict[str, Any] | None,
     note: Callable[[str], None],
-) -> list[Face] | None:
-    """The faces recorded at anonymization (explicit metadata file, the photo's own, or its sidecar);
-    None to detect them again (``--detect``)."""
+) -> tuple[list[Face] | None, list[FaceCheck] | None]:
+    """The faces recorded at anonymization (explicit metadata file, the photo's own, or its sidecar), opened
+    with the key, and each face region's state since (None without a sealed tamper record); no faces to
+    detect them again (``--detect``)."""
     metadata = shared_metadata or photo.metadata
     if metadata is None and sidecar_path(source).is_file():
         metadata = read_sidecar(sidecar_path(source))
     if metadata is None:
         if options.detect:
             note("no ifadit metadata: faces detected again (recovery is better with the recorded ones)")
-            return None
+            return None, None
         raise PhotoError(
             "no ifadit metadata (not anonymized by ifadit, or re-saved without it): "
             "give --metadata FILE, or --detect to find the faces again"
         )
     try:
-        faces = faces_from_metadata(metadata)
+        opened = open_metadata(metadata, secret)  # WrongKeyError: one line, no key material
     except ValueError as exc:
-        raise PhotoError(str(exc)) from None
-    size = metadata.get("image_size")
+        raise PhotoError(str(exc).splitlines()[0]) from None
+    size = opened.image_size
     height, width = photo.pixels.shape[:2]
     if size and list(size) != [width, height]:
         raise PhotoError(f"the metadata is for a {size[0]}x{size[1]} photo, this one is {width}x{height}")
-    recorded_key = metadata.get("key_fingerprint")
-    if recorded_key and recorded_key != secret.fingerprint and not options.force:
-        raise PhotoError(
-            f"this photo was anonymized with key {recorded_key}, not with the given key "
-            f"{secret.fingerprint}: a wrong key gives a wrong face (--force tries anyway)"
-        )
-    recorded_model = metadata.get("model_sha256")
+    recorded_model = opened.model_sha256
     if recorded_model and anonymizer.model_sha256 and recorded_model != anonymizer.model_sha256:
         if not options.force:
             raise PhotoError(
@@ -137,13 +138,30 @@ def _faces_for_recovery(
                 f"({anonymizer.model_sha256[:16]}) (--force tries anyway)"
             )
         note("anonymized by another model: recovery will not match")
-    recorded_pixels = metadata.get("pixels_sha256")
-    if recorded_pixels and recorded_pixels != pixels_sha256(photo.pixels):
+    return opened.faces, _integrity(opened, photo, note)
+
+
+def _integrity(opened: OpenedMetadata, photo: Photo, note: Callable[[str], None]) -> list[FaceCheck] | None:
+    """Report whether the photo is as it was written: per face region from the sealed tamper record, or
+    (older metadata) from the whole photo's digest."""
+    if opened.integrity:
+        try:
+            checks = check_regions(photo.pixels, opened.integrity)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PhotoError(f"malformed tamper record in the metadata: {exc}") from None
+        line = describe(checks)
+        if all(c.status == "exact" for c in checks) and opened.pixels_sha256 not in (
+            None, pixels_sha256(photo.pixels)
+        ):
+            line += "; pixels outside them changed"
+        note(line)
+        return checks
+    if opened.pixels_sha256 and opened.pixels_sha256 != pixels_sha256(photo.pixels):
         note(
-            "its pixels differ from those written at anonymization (re-encoded or edited): "
-            "recovery is approximate"
+            "its pixels differ from those written at anonymization (re-encoded or edited; this older "
+            "metadata cannot tell which): recovery is approximate"
         )
-    return faces
+    return None
 
 
 def run_batch(
@@ -193,15 +211,28 @@ def run_batch(
         from ifadit.api import compose_uint8
 
         pixels = compose_uint8(job.photo.pixels, result)
-        data, digest = encode_photo(
-            pixels, job.file_format, result.metadata, job.photo.alpha, job.photo.grayscale
+        sealed: dict[str, Any] = {}
+
+        def seal_written(written: Any) -> dict[str, Any]:  # the tamper record of the pixels as written
+            sealed.update(seal_metadata(result.metadata, secret, written))
+            if job.file_format == "JPEG" and len(json.dumps(sealed)) > JPEG_MAX_TEXT:
+                raise PhotoError(
+                    f"the metadata of {len(result.faces)} faces does not fit a JPEG's 64 KB EXIF: "
+                    "write PNG or WebP (--format png)"
+                )
+            return sealed
+
+        kept = job.photo.kept_exif if options.keep_metadata and options.operation == "anonymize" else None
+        data, _ = encode_photo(
+            pixels, job.file_format, seal_written, job.photo.alpha, job.photo.grayscale, kept_exif=kept
         )
+        mode = 0o600 if options.operation == "recover" else 0o644  # a recovered face is private
         side = None
-        if options.sidecar:
-            text = json.dumps({**result.metadata, "pixels_sha256": digest}, indent=1) + "\n"
-            side = write_atomic(sidecar_path(job.target), text.encode(), options.overwrite, protected)
+        if options.sidecar:  # the same sealed envelope: nothing in it is readable without the key
+            text = json.dumps(sealed, indent=1) + "\n"
+            side = write_atomic(sidecar_path(job.target), text.encode(), options.overwrite, protected, mode)
         try:
-            write_atomic(job.target, data, options.overwrite, protected)
+            write_atomic(job.target, data, options.overwrite, protected, mode)
         except BaseException:
             if side is not None:
                 side.unlink(missing_ok=True)  # no sidecar without its photo
@@ -223,9 +254,11 @@ def run_batch(
                 raise PhotoError(f"refusing to overwrite existing {target} (--overwrite allows it)")
             faces = None
             if options.operation == "recover":
-                faces = _faces_for_recovery(
+                faces, checks = _faces_for_recovery(
                     anonymizer, source, photo, secret, options, shared_metadata, notes.append
                 )
+                if checks is not None:
+                    summary.integrity[source] = checks
             prepared = anonymizer.prepare(photo.pixels, faces)
         except PhotoError as exc:
             fail(source, str(exc))
@@ -233,9 +266,12 @@ def run_batch(
         for text in [*photo.notes, *notes]:
             summary.notes.append((source, text))
             say(f"{command}: note: {source}: {text}")
-        if prepared.tiny:
-            count = len(prepared.tiny)
-            say(f"{command}: note: {source}: {count} face(s) under the minimum size left as they are")
+        if prepared.blur and options.operation == "anonymize":
+            tiny, unsure = len(prepared.tiny), len(prepared.blur) - len(prepared.tiny)
+            say(
+                f"{command}: note: {source}: blurred {tiny} face(s) under the minimum size and "
+                f"{unsure} region(s) the detector is unsure about"
+            )
         if file_format in LOSSY and options.file_format is None:
             say(f"{command}: note: {source}: written as JPEG (lossy): --format png is lossless")
         pending.append(_Job(source, target, photo, prepared, file_format))
@@ -246,4 +282,45 @@ def run_batch(
     return summary
 
 
-__all__ = ["DEFAULT_BATCH_SIZE", "BatchOptions", "BatchSummary", "default_batch_size", "run_batch"]
+def check_targets(inputs: Sequence[tuple[Path, Path]], options: BatchOptions) -> None:
+    """Refuse, before any model work, a batch whose outputs cannot all be written: two inputs that would
+    be written to one output name (with or without ``--overwrite``, the second would replace the first),
+    and an output folder that cannot be created or written to. PhotoError, one line."""
+    seen: dict[Path, Path] = {}
+    for source, relative in inputs:
+        target = options.out_dir / relative
+        if options.file_format is not None:
+            file_format = options.file_format.upper().replace("JPG", "JPEG")
+            target = target.with_suffix(SUFFIX_OF.get(file_format, target.suffix))
+        if target in seen:
+            raise PhotoError(f"{seen[target]} and {source} would both be written to {target}; nothing done")
+        seen[target] = source
+    check_writable(options.out_dir)
+
+
+def check_writable(out_dir: Path) -> None:
+    """Create ``out_dir`` if needed and write a test file there: an unusable output folder fails at once,
+    not after the model has run."""
+    import os
+    import tempfile
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PhotoError(f"the output {out_dir} exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".ifadit-write-test.", dir=out_dir)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise PhotoError(f"cannot write to the output folder {out_dir}: {exc.strerror or exc}") from None
+
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "BatchOptions",
+    "BatchSummary",
+    "check_targets",
+    "check_writable",
+    "default_batch_size",
+    "run_batch",
+]

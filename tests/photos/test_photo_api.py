@@ -6,6 +6,7 @@ recovery of the re-aligned face pasted back."""
 from __future__ import annotations
 
 import base64
+import json
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from ifadit.lightning_cli import MODEL_CONFIG_KEY
 from ifadit.photos.align import apply_affine, ellipse_masks, paste_faces
 from ifadit.photos.blend import soften_masks
 from ifadit.photos.io import PhotoError
+from ifadit.photos.metadata import WrongKeyError, open_metadata
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +65,16 @@ def test_every_face_is_anonymized_and_nothing_outside_the_mask_changes(
     changed = np.any(out != pixels, axis=-1)
     outside = (result.paste_mask == 0).numpy()
     assert not changed[outside].any()  # bit for bit outside the paste mask
-    assert outside.mean() > 0.8
+    assert outside.mean() > 0.7  # the face box to the forehead and jaw: a quarter of a close portrait
     # each face changed: most of its fully-masked pixels differ
     mask = result.paste_mask.numpy()
     for face in result.faces:
         x0, y0, x1, y1 = (int(v) for v in face.box)
         core = mask[y0:y1, x0:x1] >= 1
         assert core.sum() > 200 and changed[y0:y1, x0:x1][core].mean() > 0.5
-    assert result.metadata["key_fingerprint"] == secret.fingerprint
+    assert "key_fingerprint" not in result.metadata  # the record to seal holds nothing about the key
     assert result.metadata["model_sha256"] == anonymizer.model_sha256
-    assert len(result.metadata["faces"]) == count
+    assert len(result.metadata["faces"]) == len(result.metadata["regions"]) == count
 
 
 def test_pil_numpy_and_tensor_inputs_come_back_as_they_came(anonymizer, secret) -> None:
@@ -103,7 +105,10 @@ def test_recover_finds_the_faces_in_the_metadata_without_detecting(anonymizer, s
     monkeypatch.setattr(anonymizer.detector, "detect", no_detection)
     recovered = anonymizer.recover(anonymized, secret)
     assert isinstance(recovered, Image.Image) and recovered.size == anonymized.size
-    assert '"operation": "recover"' in recovered.info["ifadit"]
+    assert open_metadata(json.loads(recovered.info["ifadit"]), secret).record["operation"] == "recover"
+    assert secret.fingerprint not in recovered.info["ifadit"] + anonymized.info["ifadit"]
+    with pytest.raises(WrongKeyError, match=r"^this key did not anonymize this photo$"):
+        anonymizer.recover(anonymized, SecretKey(bytes(32)))
 
 
 def test_photo_recovery_is_the_models_recovery_of_the_realigned_face(anonymizer, secret) -> None:

@@ -30,6 +30,7 @@ from ifadit.keys.schemes import MappingKeyScheme
 from ifadit.nets.arcface import ArcFaceEncoder
 from ifadit.nets.stylegan2 import StyleGAN2Generator
 from ifadit.photos.io import METADATA_KEY
+from ifadit.photos.metadata import open_metadata
 from ifadit.release import (
     load_official_attribute_encoder,
     load_official_compensator,
@@ -125,9 +126,10 @@ def _pixels(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB")).copy()
 
 
-def _metadata(path: Path) -> dict:
+def _metadata(path: Path, key: Path) -> dict:
+    """The photo's metadata, opened with its key (it is sealed)."""
     with Image.open(path) as image:
-        return json.loads(image.info[METADATA_KEY])
+        return open_metadata(json.loads(image.info[METADATA_KEY]), SecretKey.load(key)).record
 
 
 def test_preset_anonymizes_and_recovers_every_face_of_real_photos(preset_run: PresetRun) -> None:
@@ -146,7 +148,7 @@ def test_preset_anonymizes_and_recovers_every_face_of_real_photos(preset_run: Pr
         assert anon.shape == original.shape == _pixels(recovered).shape
         changed = np.any(anon != original, axis=-1)
         assert 0 < changed.mean() < 0.5, name  # the faces changed, the rest of the photo did not
-        metadata = _metadata(anonymized)
+        metadata = _metadata(anonymized, preset_run.key)
         assert len(metadata["faces"]) == count and metadata["model_resolution"] == 256
 
 
@@ -198,7 +200,8 @@ def test_convert_round_trip_gives_the_presets_outputs(
         assert torch.equal(tensor, preset[name]), name
     # The same model: the same fingerprint, so photos anonymized with one recover with the other.
     assert anonymizer.model_sha256 == preset_run.preset.fingerprint
-    assert _metadata(preset_run.anonymized / "astronaut.png")["model_sha256"] == anonymizer.model_sha256
+    recorded = _metadata(preset_run.anonymized / "astronaut.png", preset_run.key)
+    assert recorded["model_sha256"] == anonymizer.model_sha256
     _, crops, faces = next(c for c in preset_run.calls if c[0] == "anonymize")
     secret = SecretKey.load(preset_run.key)
     assert torch.equal(anonymizer.run_model("anonymize", crops[:1], secret), faces[:1])
