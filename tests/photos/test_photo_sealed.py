@@ -22,7 +22,7 @@ from ifadit.keys import SecretKey
 from ifadit.photos.align import paste_faces
 from ifadit.photos.io import read_photo
 from ifadit.photos.metadata import open_metadata
-from ifadit.photos.seal import WRONG_KEY, WrongKeyError, seal, unseal
+from ifadit.photos.seal import HKDF_INFO, WRONG_KEY, WrongKeyError, seal, unseal
 
 CLEAR = {"format", "version", "salt", "nonce", "sealed"}
 
@@ -98,7 +98,13 @@ def test_published_files_carry_only_the_sealed_envelope(run) -> None:
     }
     for path in files:
         raw = path.read_bytes()
-        for what, needle in leaks.items():
+        envelope = json.loads(raw) if path.suffix == ".json" else read_photo(path).metadata
+        derived = secret.derive(base64.b64decode(envelope["salt"]), HKDF_INFO)  # the photo's own AES key
+        for what, needle in {
+            **leaks,
+            "derived key": derived,
+            "derived key (b64)": base64.b64encode(derived),
+        }.items():
             assert needle not in raw, f"{what} in {path.name}"
         if path.suffix != ".json":
             assert set(read_photo(path).metadata) == CLEAR
