@@ -1,7 +1,7 @@
 """One child of a sweep: train it (a LightningCLI fit into its own MLflow run), then score it.
 
 Everything here takes plain data (:class:`ChildJob` is JSON), so the same code runs in the sweep's process
-and in a worker process (``python -m ifadit.sweep.worker JOB.json``) for parallel sweeps.
+and, for parallel sweeps, in a Ray task on any node of a cluster (:mod:`ifadit.sweep.engine`).
 """
 
 from __future__ import annotations

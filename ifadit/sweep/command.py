@@ -1,12 +1,14 @@
 """``ifadit sweep SPEC.yaml``: the command around :func:`ifadit.sweep.run_sweep` (arguments in ifadit/cli.py).
 
 Exit status: 0 every child finished; 1 some child (or a prerequisite) failed — the summary and MLflow say
-which and why; 2 a bad spec or option (one line on stderr, via the CLI's expected errors).
+which and why; 2 a bad spec or option, Ray missing where it is needed, or a local store given to a Ray
+cluster (one line on stderr, via the CLI's expected errors).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -14,22 +16,6 @@ from typing import Any
 
 from ifadit.sweep.runner import SweepError, SweepOptions, format_plan, plan, redact_uri, run_sweep
 from ifadit.sweep.spec import SweepSpecError, expand_dotted, load_spec, parse_set_option
-
-
-def _devices(value: str | None) -> list[str] | None:
-    if not value:
-        return None
-    if value == "all":
-        import torch
-
-        count = torch.cuda.device_count()
-        if count == 0:
-            raise SweepSpecError("--devices all: no CUDA device is visible")
-        return [str(i) for i in range(count)]
-    devices = [d.strip() for d in value.split(",") if d.strip()]
-    if not devices or len(set(devices)) != len(devices):
-        raise SweepSpecError(f"--devices takes distinct comma-separated device ids or 'all', got {value!r}")
-    return devices
 
 
 def _extra(items: list[str]) -> dict[str, Any]:
@@ -52,12 +38,17 @@ def run_sweep_command(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         return 0
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         raise SweepSpecError(f"--jobs must be >= 1, got {args.jobs}")
+    for flag in ("cpus_per_child", "gpus_per_child"):
+        if (getattr(args, flag) or 0) < 0:
+            raise SweepSpecError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
     options = SweepOptions(
         tracking_uri=args.tracking_uri,
         jobs=args.jobs,
-        devices=_devices(args.devices),
+        ray_address=args.ray_address or os.environ.get("RAY_ADDRESS") or None,
+        cpus_per_child=args.cpus_per_child,
+        gpus_per_child=args.gpus_per_child,
         extra=extra,
         results_dir=Path(args.results_dir) if args.results_dir else None,
         work_dir=Path(args.work_dir) if args.work_dir else None,

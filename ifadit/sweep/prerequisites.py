@@ -1,7 +1,8 @@
 """Sweep prerequisites: fits run once before the children (the shared phase-1 checkpoint).
 
 Each is skipped when the file it ``creates`` exists; it runs in this process for a sequential sweep, else in
-a child ``ifadit fit`` whose output goes to ``<work dir>/prerequisites/<recipe>.log``.
+a child ``ifadit fit`` on the machine that runs the sweep (before any Ray task), its output in
+``<work dir>/prerequisites/<recipe>.log``.
 """
 
 from __future__ import annotations
@@ -73,8 +74,6 @@ def run_prerequisites(spec: SweepSpec, options: SweepOptions, uri: str, in_proce
             log = work_dir / "prerequisites" / f"{pre.config.stem}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-            if options.devices:
-                env["CUDA_VISIBLE_DEVICES"] = options.devices[0]
             with open(log, "w") as out:
                 code = subprocess.call([sys.executable, "-m", "ifadit.cli", *args], stdout=out,
                                        stderr=subprocess.STDOUT, env=env)

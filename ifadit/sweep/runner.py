@@ -1,8 +1,8 @@
 """Run a sweep: one MLflow parent run, one child run per combination, trained and scored, then a summary.
 
 Sequential children run in this process (a tiny fit costs seconds, a fresh Python with torch costs more);
-``jobs > 1`` or ``devices`` run each child in a worker process (``python -m ifadit.sweep.worker``), with
-``OMP_NUM_THREADS`` split between the jobs or one GPU (``CUDA_VISIBLE_DEVICES``) per job.
+``jobs > 1`` or a Ray address run each child as a Ray task (:mod:`ifadit.sweep.engine`), on a local Ray
+runtime or across the nodes of a Ray cluster, each asking for its CPUs and GPUs.
 
 Re-running a sweep finds its parent run by name in the experiment and skips every child whose hash already
 has a finished, scored run under it; failed or interrupted children are tried again in a new run (the old
@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
-import sys
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -33,10 +31,10 @@ from ifadit.sweep.child import (
     RecipeChecker,
     execute_child,
     one_line_error,
-    record_failure,
 )
+from ifadit.sweep.engine import TAG_ENGINE, TAG_HOST, RayEngine, check_shared_store
 from ifadit.sweep.overrides import flatten
-from ifadit.sweep.prerequisites import last_line, prerequisite_args, run_prerequisites
+from ifadit.sweep.prerequisites import prerequisite_args, run_prerequisites
 from ifadit.sweep.runs import (
     SweepError,
     child_runs,
@@ -77,8 +75,10 @@ SPEC_ARTIFACT = "sweep/spec.yaml"
 @dataclass
 class SweepOptions:
     tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///outputs/mlflow.db
-    jobs: int = 1
-    devices: list[str] | None = None  # one job per device (CUDA_VISIBLE_DEVICES)
+    jobs: int | None = None  # children at once; None: 1 in this process, or as many as a Ray cluster holds
+    ray_address: str | None = None  # an existing Ray cluster (HOST:PORT); jobs > 1 alone: a local runtime
+    cpus_per_child: float | None = None  # per child; default: the cores / jobs locally, 1 on a cluster
+    gpus_per_child: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # --set overrides, for prerequisites and children
     results_dir: Path | None = None  # default benchmarks/results/<name>
     work_dir: Path | None = None  # default outputs/sweeps/<name>: checkpoints and worker logs
@@ -150,12 +150,6 @@ def format_plan(spec: SweepSpec, rows: Sequence[PlanRow]) -> str:
 # -- running -------------------------------------------------------------------------------------------------
 
 
-def _threads_per_job(jobs: int) -> int:
-    total = os.environ.get("OMP_NUM_THREADS")
-    cores = int(total) if total and total.isdigit() else (os.cpu_count() or 1)
-    return max(1, cores // max(1, jobs))
-
-
 def _job(spec: SweepSpec, combo: Combination, run_id: str, uri: str, work_dir: Path) -> ChildJob:
     judge = None
     if spec.judge is not None:
@@ -166,34 +160,20 @@ def _job(spec: SweepSpec, combo: Combination, run_id: str, uri: str, work_dir: P
                     keep_checkpoints=spec.keep_checkpoints)
 
 
-def _finish_worker(client: MlflowClient, job: ChildJob, code: int, log: Path) -> tuple[bool, str]:
-    """After a worker exits: its run's own verdict, or FAILED with the exit status when the worker died
-    before recording one. The worker's log becomes the run's ``logs/child.log`` artifact."""
-    with contextlib.suppress(Exception):
-        client.log_artifact(job.run_id, str(log), "logs")
-    run = client.get_run(job.run_id)
-    if is_done(run):
-        return True, ""
-    error = run.data.tags.get("ifadit.sweep.error")
-    if run.info.status == "RUNNING" or not error:
-        error = f"worker exited with status {code}: {last_line(log)}"
-        record_failure(client, job.run_id, error)
-    return False, error
-
-
 def run_sweep(spec: SweepSpec, options: SweepOptions | None = None) -> SweepResult:
     """Run (or resume) a sweep; returns every child's outcome and the summary files written."""
-    from ifadit.sweep.summary import summarize
-
     options = options or SweepOptions()
     uri = options.tracking_uri or mlflow_uri_default()
-    if options.jobs < 1:
+    if options.jobs is not None and options.jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {options.jobs}")
-    parallel = options.jobs > 1 or bool(options.devices)
-    slots = len(options.devices) if options.devices else options.jobs
+    parallel = bool(options.ray_address) or (options.jobs or 1) > 1
+    if options.ray_address:
+        check_shared_store(uri)
     work_dir = options.work_dir or WORK_ROOT / spec.name
     results_dir = options.results_dir or RESULTS_ROOT / spec.name
     combos = spec.combinations(options.extra)
+    engine = RayEngine(options.ray_address, options.jobs, options.cpus_per_child,
+                       options.gpus_per_child) if parallel else None
 
     client = MlflowClient(uri)
     try:
@@ -202,6 +182,18 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None) -> SweepResu
         raise
     except Exception as exc:  # unreachable server, unwritable database: one line, not a stack of retries
         raise SweepError(f"cannot reach the MLflow store {redact_uri(uri)}: {one_line_error(exc)}") from None
+    with contextlib.ExitStack() as stack:
+        if engine is not None:
+            stack.enter_context(engine)  # Ray started or joined, the children's size checked: before any run
+        return _run(spec, options, client, uri, exp_id, combos, engine, work_dir, results_dir)
+
+
+def _run(spec: SweepSpec, options: SweepOptions, client: MlflowClient, uri: str, exp_id: str,
+         combos: list[Combination], engine: RayEngine | None, work_dir: Path,
+         results_dir: Path) -> SweepResult:
+    from ifadit.sweep.summary import summarize
+
+    parallel = engine is not None
     parent = find_parent(client, exp_id, spec.name)
     if parent is None:
         parent_id = client.create_run(exp_id, run_name=spec.name,
@@ -246,7 +238,8 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None) -> SweepResu
 
     def start(i: int, combo: Combination) -> ChildJob:
         run_id = create_child(client, exp_id, parent_id, spec, combo, existing.get(combo.hash))
-        options.log(f"[{i}/{len(combos)}] {combo.run_name}: training (run {run_id})")
+        doing = "queued as a Ray task" if engine else "training"
+        options.log(f"[{i}/{len(combos)}] {combo.run_name}: {doing} (run {run_id})")
         return _job(spec, combo, run_id, uri, Path(work_dir))
 
     def record(i: int, combo: Combination, job: ChildJob, ok: bool, error: str, seconds: float) -> None:
@@ -255,76 +248,32 @@ def run_sweep(spec: SweepSpec, options: SweepOptions | None = None) -> SweepResu
         options.log(f"[{i}/{len(combos)}] {combo.run_name}: {verdict}")
 
     try:
-        if not parallel:
+        if engine is None:
+            described = f"in-process, one child at a time, on {socket.gethostname()}"
+            client.set_tag(parent_id, TAG_ENGINE, described)
             while queue:
                 i, combo = queue.popleft()
                 job = start(i, combo)
+                client.set_tag(job.run_id, TAG_HOST, socket.gethostname())
                 t0 = time.monotonic()
                 ok = execute_child(job)
                 error = "" if ok else client.get_run(job.run_id).data.tags.get("ifadit.sweep.error", "")
                 record(i, combo, job, ok, error, time.monotonic() - t0)
         else:
-            _run_parallel(queue, start, record, client, options, slots)
+            described = engine.describe()
+            client.set_tag(parent_id, TAG_ENGINE, described)
+            options.log(f"engine: {described}")
+            engine.run(queue, start, record, client)
     except KeyboardInterrupt:
         client.set_tag(parent_id, "ifadit.sweep.error", "interrupted")
         client.set_terminated(parent_id, "KILLED")
         raise
 
     ordered = [outcomes[c.hash] for c in combos]
-    files = summarize(client, spec, ordered, parent_id, results_dir, uri, options.command, options.extra)
+    files = summarize(client, spec, ordered, parent_id, results_dir, uri, options.command, options.extra,
+                      engine=described)
     failed = [o for o in ordered if o.status == "failed"]
     client.set_tag(parent_id, "ifadit.sweep.failed", str(len(failed)))
     client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
     return SweepResult(spec.name, parent_id, uri, ordered, files)
 
-
-def _run_parallel(
-    queue: deque[tuple[int, Combination]],
-    start: Callable[[int, Combination], ChildJob],
-    record: Callable[..., None],
-    client: MlflowClient,
-    options: SweepOptions,
-    slots: int,
-) -> None:
-    """Keep ``slots`` worker processes busy; each child's output goes to ``<work dir>/child.log``."""
-    free_devices = deque(options.devices or [])
-    threads = str(_threads_per_job(slots))
-    running: list[tuple[subprocess.Popen, int, Combination, ChildJob, Path, str | None, float]] = []
-    try:
-        while queue or running:
-            while queue and len(running) < slots:
-                i, combo = queue.popleft()
-                job = start(i, combo)
-                folder = Path(job.work_dir)
-                folder.mkdir(parents=True, exist_ok=True)
-                job_file = folder / "job.json"
-                job_file.write_text(json.dumps(job.to_json(), indent=1, default=str))
-                log = folder / "child.log"
-                env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-                device = free_devices.popleft() if free_devices else None
-                if device is not None:
-                    env["CUDA_VISIBLE_DEVICES"] = device
-                    client.set_tag(job.run_id, "ifadit.sweep.device", device)
-                with open(log, "w") as out:
-                    proc = subprocess.Popen([sys.executable, "-m", "ifadit.sweep.worker", str(job_file)],
-                                            stdout=out, stderr=subprocess.STDOUT, env=env)
-                running.append((proc, i, combo, job, log, device, time.monotonic()))
-            time.sleep(0.2)
-            for entry in list(running):
-                proc, i, combo, job, log, device, t0 = entry
-                code = proc.poll()
-                if code is None:
-                    continue
-                running.remove(entry)
-                if device is not None:
-                    free_devices.append(device)
-                ok, error = _finish_worker(client, job, code, log)
-                record(i, combo, job, ok, error, time.monotonic() - t0)
-    except KeyboardInterrupt:
-        for proc, *_ in running:
-            proc.terminate()
-        for proc, _, _, job, _, _, _ in running:
-            with contextlib.suppress(Exception):
-                proc.wait(timeout=30)
-            record_failure(client, job.run_id, "interrupted")
-        raise

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow.tracking import MlflowClient
 
+from ifadit.sweep.engine import TAG_HOST, TAG_NODE
 from ifadit.sweep.spec import flatten
 
 if TYPE_CHECKING:
@@ -102,6 +103,8 @@ def collect(
         records.append({
             "setting": combo.label, "seed": combo.seed, "choices": combo.choices, "hash": combo.hash,
             "run_id": outcome.run_id, "status": outcome.status, "error": outcome.error,
+            "node": run.data.tags.get(TAG_NODE, ""), "host": run.data.tags.get(TAG_HOST, ""),
+            "seconds": round(outcome.seconds, 1),
             "metrics": metrics if outcome.status != "failed" else {},
         })
     return records
@@ -168,7 +171,7 @@ def plot_family(
 
 def markdown(spec: SweepSpec, records: Sequence[Mapping[str, Any]], families: Mapping[str, list[str]],
              table: Mapping[str, Mapping[str, Stat]], parent_id: str, uri: str, command: str | None,
-             extra: Mapping[str, Any] | None = None) -> str:
+             extra: Mapping[str, Any] | None = None, engine: str = "") -> str:
     done = sum(r["status"] in ("done", "skipped") for r in records)
     skipped = sum(r["status"] == "skipped" for r in records)
     failed = [r for r in records if r["status"] == "failed"]
@@ -185,6 +188,8 @@ def markdown(spec: SweepSpec, records: Sequence[Mapping[str, Any]], families: Ma
     ]
     if command:
         lines.append(f"Command: `{command}`")
+    if engine:
+        lines.append(f"Engine: {engine}.")
     if extra:
         changes = ", ".join(f"`{k}={json.dumps(v, default=str)}`" for k, v in flatten(extra).items())
         lines.append(f"On top of the spec (`--set`), for every child: {changes}.")
@@ -203,16 +208,27 @@ def markdown(spec: SweepSpec, records: Sequence[Mapping[str, Any]], families: Ma
     if failed:
         lines += ["## Failed children", "", "| child | run | error |", "|---|---|---|"]
         for r in failed:
-            name = r["setting"] if r["seed"] is None else f"{r['setting']} s{r['seed']}"
             error = str(r["error"]).replace("|", "\\|")
-            lines.append(f"| {name} | `{r['run_id']}` | {error} |")
+            lines.append(f"| {_child_name(r)} | `{r['run_id']}` | {error} |")
         lines.append("")
+    lines += ["## Children", "", "Where each child ran (Ray node id, host) and how long it took this time "
+              "(0 s: finished in an earlier run).", "",
+              "| child | run | status | node | host | seconds |", "|---|---|---|---|---|---:|"]
+    for r in records:
+        node = f"`{r['node']}`" if r["node"] else "—"
+        lines.append(f"| {_child_name(r)} | `{r['run_id']}` | {r['status']} | {node} | {r['host'] or '—'} "
+                     f"| {r['seconds']:.0f} |")
+    lines.append("")
     return "\n".join(lines)
+
+
+def _child_name(record: Mapping[str, Any]) -> str:
+    return record["setting"] if record["seed"] is None else f"{record['setting']} s{record['seed']}"
 
 
 def summarize(client: MlflowClient, spec: SweepSpec, outcomes: Sequence[ChildOutcome], parent_id: str,
               results_dir: Path, uri: str, command: str | None = None,
-              extra: Mapping[str, Any] | None = None) -> list[Path]:
+              extra: Mapping[str, Any] | None = None, engine: str = "") -> list[Path]:
     """Write ``summary.md``, ``summary.json`` and ``<family>.png`` into ``results_dir`` and log them to the
     parent run under ``summary/``. Returns the files written."""
     from ifadit.sweep.runner import redact_uri
@@ -226,9 +242,10 @@ def summarize(client: MlflowClient, spec: SweepSpec, outcomes: Sequence[ChildOut
     for family, names in families.items():
         files.append(plot_family(family, names, table, results_dir / f"{family}.png"))
     md = results_dir / "summary.md"
-    md.write_text(markdown(spec, records, families, table, parent_id, redact_uri(uri), command, extra))
+    md.write_text(markdown(spec, records, families, table, parent_id, redact_uri(uri), command, extra,
+                           engine))
     data = {
-        "sweep": spec.name, "experiment": spec.experiment, "parent_run_id": parent_id,
+        "sweep": spec.name, "experiment": spec.experiment, "parent_run_id": parent_id, "engine": engine,
         "children": records,
         "settings": {s: {n: {"mean": st.mean, "std": st.std, "n": len(st.values), "values": st.values}
                          for n, st in row.items()} for s, row in table.items()},
