@@ -83,6 +83,7 @@ class Prepared:
     crops: Tensor  # (F, 3, S, S)
     masks: Tensor  # (F, 1, S, S)
     blur: list[Face] = field(default_factory=list)  # regions to blur when anonymizing (tiny, unsure)
+    owned: bool = False  # ``photo`` was made by prepare(): the paste may write into it
 
 
 @dataclass
@@ -100,8 +101,10 @@ class PhotoResult:
 
 
 def to_tensor(pixels: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
-    """RGB uint8 (H, W, 3) -> float (3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(pixels)).to(device).permute(2, 0, 1).float() / 127.5 - 1
+    """RGB uint8 (H, W, 3) -> float (3, H, W) in [-1, 1] (scaled in place: one float copy of a large
+    photo, not three)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(device).permute(2, 0, 1).float()
+    return tensor.div_(127.5).sub_(1)
 
 
 def to_uint8(image: Tensor) -> np.ndarray:
@@ -110,10 +113,16 @@ def to_uint8(image: Tensor) -> np.ndarray:
 
 
 def compose_uint8(original: np.ndarray, result: PhotoResult) -> np.ndarray:
-    """The result as uint8, taking the original's bytes wherever the paste mask is 0 (bit-exact)."""
+    """The result as uint8, taking the original's bytes wherever the paste mask is 0 (bit-exact). Only the
+    rectangle around the changed pixels is converted: a 108-megapixel photo costs no full float copy."""
     out = original.copy()
-    changed = (result.paste_mask > 0).cpu().numpy()
-    out[changed] = to_uint8(result.image)[changed]
+    changed = result.paste_mask > 0
+    rows, cols = changed.any(dim=1).nonzero(), changed.any(dim=0).nonzero()
+    if rows.numel() == 0:
+        return out
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    inside = changed[y0:y1, x0:x1].cpu().numpy()
+    out[y0:y1, x0:x1][inside] = to_uint8(result.image[:, y0:y1, x0:x1])[inside]
     return out
 
 
@@ -125,8 +134,8 @@ class Anonymizer:
 
     ``model``: a keyed :class:`IFADIT` (a flow-phase or joint checkpoint). ``detector``: an
     MTCNN :class:`FaceDetector` (made on first use). ``mask_fn``: optional face-parsing hook, aligned crops
-    (B, 3, S, S) in [-1, 1] -> masks (B, 1, S, S) in [0, 1]; without it a landmark ellipse is used. Either is
-    joined with the face box widened to the forehead and jaw, then eroded and blurred before the paste.
+    (B, 3, S, S) in [-1, 1] -> masks (B, 1, S, S) in [0, 1]; without it a landmark ellipse joined with the
+    face box widened to the forehead and jaw is used. Either is eroded and blurred before the paste.
     ``blur_tiny``: blur faces below the detector's ``min_face_size`` instead of refusing the photo
     (``skip_tiny`` is its older name); regions the detector is unsure about are always blurred.
     ``batch_size``: faces per model call (None: the measured default of the device,
@@ -240,6 +249,7 @@ class Anonymizer:
         if not faces and not blur:
             raise PhotoError("no face to process")
         with self._stage("alignment"):
+            owned = photo is None
             if photo is None:
                 photo = to_tensor(pixels, self.device)
             size = self.resolution
@@ -250,7 +260,7 @@ class Anonymizer:
             crops = crop_faces(photo, matrices, size)
             quads = apply_affine(matrices, box_quads(boxes))  # the face box, to the forehead and jaw
             masks = paste_masks(crops, apply_affine(matrices, landmarks), self.mask_fn, quads)
-        return Prepared(photo, faces, tiny, matrices, crops, masks, blur)
+        return Prepared(photo, faces, tiny, matrices, crops, masks, blur, owned)
 
     @torch.no_grad()
     def run_model(self, operation: str, crops: Tensor, secret: SecretKey) -> Tensor:
@@ -273,11 +283,14 @@ class Anonymizer:
         (faces, model, the face regions) that :func:`ifadit.photos.metadata.seal_metadata` seals into the
         output; it holds nothing about the key."""
         with self._stage("paste-back"):
-            image, union = paste_faces(prepared.photo, generated, prepared.masks, prepared.matrices)
+            # a photo prepare() made is pasted into (once: a second finish would paste over the first)
+            image, union = paste_faces(
+                prepared.photo, generated, prepared.masks, prepared.matrices, in_place=prepared.owned
+            )
+            prepared.owned = False
             blurred = prepared.blur if operation == "anonymize" else []
-            if blurred:
-                image, region = blur_regions(image, torch.tensor([f.box for f in blurred]))
-                union = torch.maximum(union, region.to(union))
+            if blurred:  # in place: ``image`` and ``union`` are this call's own
+                blur_regions(image, torch.tensor([f.box for f in blurred]), union)
         size = (int(prepared.photo.shape[-1]), int(prepared.photo.shape[-2]))
         regions = face_boxes(prepared.masks, prepared.matrices, *size)
         metadata = build_metadata(

@@ -268,12 +268,15 @@ def warp_back(crops: Tensor, matrix: Tensor, region: PasteRegion) -> Tensor:
     )
 
 
-def paste_faces(photo: Tensor, faces: Tensor, masks: Tensor, matrices: Tensor) -> tuple[Tensor, Tensor]:
+def paste_faces(
+    photo: Tensor, faces: Tensor, masks: Tensor, matrices: Tensor, in_place: bool = False
+) -> tuple[Tensor, Tensor]:
     """Blend generated crops into a photo: ``photo`` (C, H, W), ``faces`` (B, C, S, S), ``masks``
     (B, 1, S, S), ``matrices`` (B, 2, 3) image -> crop. Faces are pasted in order, each over the result of
     the previous ones. Returns the new photo and the union paste mask (1, H, W) in photo pixels: where it is
-    0 the photo is returned unchanged, bit for bit."""
-    out = photo.clone()
+    0 the photo is returned unchanged, bit for bit. ``in_place`` pastes into ``photo`` itself (no copy of a
+    large photo) when its caller owns it."""
+    out = photo if in_place else photo.clone()
     union = torch.zeros((1, *photo.shape[-2:]), dtype=photo.dtype, device=photo.device)
     size = faces.shape[-1]
     for face, mask, matrix in zip(faces, masks, matrices, strict=True):

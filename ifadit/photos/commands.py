@@ -58,7 +58,8 @@ def add_align_parser(sub: Any) -> None:
         "--detect_max_side",
         type=int,
         default=1600,
-        help="detect on a copy downscaled to this longest side (default 1600); crops use full resolution",
+        help="largest image the face detector sees at once: larger photos are searched in overlapping tiles "
+        "at full resolution (default 1600)",
     )
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_align)

@@ -166,6 +166,8 @@ def pil_to_rgb(image: Image.Image, notes: list[str]) -> tuple[np.ndarray, np.nda
     if mode in ("L", "LA"):
         notes.append("grayscale: faces generated in colour, written back as grayscale")
         return np.asarray(image.convert("L").convert("RGB"), dtype=np.uint8).copy(), alpha, True
+    if mode == "RGB":  # one copy of a large photo, not three
+        return np.array(image, dtype=np.uint8), alpha, False
     if mode == "CMYK":
         notes.append("CMYK converted to RGB: written as RGB")
     elif mode not in ("RGB", "RGBA"):
@@ -320,7 +322,9 @@ def encode_photo(
         raise PhotoError(f"cannot write format {file_format} (JPEG, PNG or WebP only)")
     image = _pil_image(pixels, alpha, grayscale)
     if file_format in LOSSY:  # what a reader decodes differs from ``pixels``: decode once to hash it
-        decoded = Image.open(io.BytesIO(_encode(image, file_format, None, quality)))
+        with warnings.catch_warnings():  # our own output: as large as the photo that was read
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            decoded = Image.open(io.BytesIO(_encode(image, file_format, None, quality)))
         written = pil_to_rgb(decoded, [])[0]
     else:
         written = pil_to_rgb(image, [])[0]

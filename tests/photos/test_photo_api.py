@@ -19,7 +19,7 @@ from ifadit.api import compose_uint8
 from ifadit.keys import SecretKey
 from ifadit.lightning_cli import MODEL_CONFIG_KEY
 from ifadit.photos.align import apply_affine, ellipse_masks, paste_faces
-from ifadit.photos.blend import soften_masks
+from ifadit.photos.blend import box_quads, quad_masks, soften_masks
 from ifadit.photos.io import PhotoError
 from ifadit.photos.metadata import WrongKeyError, open_metadata
 
@@ -146,12 +146,15 @@ def test_a_face_parsing_mask_replaces_the_ellipse(anonymizer, secret) -> None:
     changed = np.any(compose_uint8(pixels, with_parser) != pixels, axis=-1)
     assert not changed[(with_parser.paste_mask == 0).numpy()].any()
     # the parser's square, eroded and blurred as the paper's pipeline does; without a parser, the ellipse
+    # joined with the face box widened to the forehead and jaw
     landmarks = torch.tensor([f.landmarks for f in with_parser.faces])
     prepared = parsed.prepare(pixels, with_parser.faces)
     torch.testing.assert_close(prepared.masks, soften_masks(square_parser(prepared.crops)))
     prepared = anonymizer.prepare(pixels, with_parser.faces)
     ellipse = ellipse_masks(apply_affine(prepared.matrices, landmarks), 64)
-    torch.testing.assert_close(prepared.masks, soften_masks(ellipse))
+    boxes = torch.tensor([f.box for f in with_parser.faces])
+    hull = quad_masks(apply_affine(prepared.matrices, box_quads(boxes)), 64)
+    torch.testing.assert_close(prepared.masks, soften_masks(torch.maximum(ellipse, hull)))
 
 
 def test_no_face_and_tiny_faces_are_refused(anonymizer, secret) -> None:
