@@ -236,7 +236,7 @@ def test_recover_tells_a_re_encoded_face_from_a_painted_over_one_and_recovers_bo
     assert "face 1 of 1 re-encoded since anonymization (PSNR " in reencoded and "approximate" in reencoded
     estimated = float(reencoded.split("(PSNR ")[1].split(" dB")[0])
     true = _true_psnr(anonymized, read_photo(tmp_path / "in" / "reencoded.jpg").pixels, region)
-    assert abs(estimated - true) < 1.5, (estimated, true)
+    assert abs(estimated - true) < 2.0, (estimated, true)
     [painted_line] = [line for line in err.splitlines() if "painted.png:" in line]
     assert "face 1 of 1 replaced or painted over since anonymization" in painted_line
     assert "recovered anyway, but not the original face" in painted_line
