@@ -166,6 +166,7 @@ def align_folder(
                     min_face_size=options.min_face_size,
                     max_side=options.detect_max_side,
                     device=options.device,
+                    edges=False,  # a face the photo's edge cuts makes a poor training face: not searched
                 )
             try:
                 entry = _align_one(source, relative, out, options, detector, taken, summary)

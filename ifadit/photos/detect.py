@@ -181,7 +181,8 @@ class FaceDetector:
 
     ``min_face_size`` is the smallest face (box side, in photo pixels) that is anonymized; MTCNN searches
     down to ``search_min_size`` (photo pixels) so that smaller faces are found and reported rather than
-    silently missed. ``max_side`` is the largest image MTCNN sees at once (the tile side).
+    silently missed. ``max_side`` is the largest image MTCNN sees at once (the tile side). ``edges``: also
+    search the windows mirrored across the photo's edges, for faces the edge cuts.
     """
 
     def __init__(
@@ -192,6 +193,7 @@ class FaceDetector:
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
         unsure_threshold: float = 0.5,
         device: str | torch.device = "cpu",
+        edges: bool = True,
     ) -> None:
         from facenet_pytorch import MTCNN
 
@@ -205,6 +207,7 @@ class FaceDetector:
         self.overlap = max_side // 5
         self.face_threshold = thresholds[2]
         self.unsure_threshold = unsure_threshold
+        self.edges = edges
         self.device = torch.device(device)
         self.mtcnn = MTCNN(
             keep_all=True,
@@ -309,7 +312,7 @@ class FaceDetector:
                                 continue
                         plain.append(_face(box, lm, prob, level.scale))
             mirrored: list[Face] = []
-            for x0, y0, w, h in self._edge_windows(level):
+            for x0, y0, w, h in self._edge_windows(level) if self.edges else []:
                 tiles += 1
                 for box, prob, lm in self._detect_tile(_window(pixels, x0, y0, w, h), level.min_face):
                     box, lm = box + np.array([x0, y0, x0, y0]), lm + np.array([x0, y0])

@@ -51,3 +51,15 @@ def test_tiny_faces_are_reported_not_missed(detector: FaceDetector) -> None:
     found = detector.detect(small)
     assert not found.faces
     assert len(found.tiny) == 1 and found.tiny[0].size < detector.min_face_size
+
+
+def test_a_face_cut_in_half_by_the_edge_is_found_through_its_mirror_image(detector: FaceDetector) -> None:
+    pixels = astronaut()
+    face = detector.detect(pixels).faces[0]
+    cut = round((face.box[0] + face.box[2]) / 2)  # through the nose: one eye and one mouth corner remain
+    half = np.ascontiguousarray(pixels[:, cut:])
+    assert not FaceDetector(edges=False).detect(half).faces  # MTCNN alone misses half a face
+    found = detector.detect(half)
+    assert len(found.faces) == 1 and not found.unsure
+    right_eye = np.array(face.landmarks[1]) - [cut, 0]
+    assert np.abs(np.array(found.faces[0].landmarks[1]) - right_eye).max() < 0.15 * face.size
