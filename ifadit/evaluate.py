@@ -278,7 +278,7 @@ def build_attacks(
     without one) trained ``steps`` steps on ``pairs`` faces of ``train_batches`` under random public keys."""
     dim = int(model.identity_encoder.embedding_dim)
     hidden = tuple(getattr(model.compensator, "hidden", (2 * dim, 4 * dim, 2 * dim)))
-    inverter, made = None, 0
+    inverter, mean_identity, made = None, None, 0
     start = time.perf_counter()
     if steps > 0:
         with torch.random.fork_rng(devices=[]):
@@ -286,6 +286,7 @@ def build_attacks(
             inputs, targets = attack_pairs(model, train_batches, pairs)
         made = inputs.shape[0]
         inverter = train_inverter(inputs, targets, hidden, steps=steps, batch_size=batch_size)
+        mean_identity = targets.mean(dim=0)
     meta = {
         "attack_inverter": f"MLP {dim}-{'-'.join(map(str, hidden))}-{dim}, {steps} steps of {batch_size} "
         f"on {made} train-split faces under random keys ({time.perf_counter() - start:.0f} s)"
@@ -293,7 +294,7 @@ def build_attacks(
         else None,
         "attack_keys": num_keys,
     }
-    return ModelAttacks(recognizers, num_keys=num_keys, inverter=inverter), meta
+    return ModelAttacks(recognizers, num_keys, inverter, mean_identity), meta
 
 
 def attack_summary(results: Results, judge: str) -> list[str]:
@@ -306,7 +307,8 @@ def attack_summary(results: Results, judge: str) -> list[str]:
     if f"security/learned_inversion/{judge}/cos" in results:
         lines.append(
             f"learned inversion: {get(f'security/learned_inversion/{judge}/cos')} judge cos to the original "
-            f"(chance {get(f'security/learned_inversion/{judge}/chance')}, "
+            f"(chance {get(f'security/learned_inversion/{judge}/chance')}, the mean identity with the "
+            f"anonymized attributes {get(f'security/learned_inversion/{judge}/mean_identity/cos')}, "
             f"right key {get(f'security/learned_inversion/{judge}/right_key')})"
         )
     if f"security/key_search/{judge}/cos" in results:

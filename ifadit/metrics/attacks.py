@@ -219,8 +219,11 @@ class ModelAttacks(nn.Module):
     identity encoder (``latent``). Results (``security/…``):
 
     - ``learned_inversion/<judge>``: original vs the inverter's restored face (``cos``, ``reid_rate``), with
-      ``…/chance`` (mean cosine of two different people's originals) beside it; ``learned_inversion/latent``:
-      ``cos`` of the inverter's identity to the original's (identity-encoder space);
+      ``…/chance`` (mean cosine of two different people's originals) beside it, and
+      ``learned_inversion/<judge>/mean_identity``: original vs the *mean* training identity rendered with the
+      anonymized face's attributes (what the attributes alone give an attacker who learned nothing);
+      ``learned_inversion/latent``: ``cos`` of the inverter's identity to the original's (identity-encoder
+      space);
     - ``key_search/latent``: :class:`KeySearch` on ``cos(F^-1(C(E_id(x_anon)), k), E_id(x))`` for N keys;
       ``key_search/<judge>``: original vs each face's best wrong key's recovery (an upper bound);
     - ``linkability/<judge or latent>/{original,same_key,per_photo_key}``: :class:`Linkability` of the
@@ -230,6 +233,8 @@ class ModelAttacks(nn.Module):
         recognizers: the judges (their rules only are kept; :meth:`update` receives the recognizers).
         num_keys: N wrong keys for the key search (0: no key search).
         inverter: a fitted :func:`train_inverter` network (None: no learned inversion).
+        mean_identity: the mean identity of the inverter's training targets (D,), for the attributes-only
+            reference (None: not reported).
         key_chunk: flow inversions per call during the key search (memory vs speed).
     """
 
@@ -238,6 +243,7 @@ class ModelAttacks(nn.Module):
         recognizers: Mapping[str, Recognizer],
         num_keys: int = 100,
         inverter: nn.Module | None = None,
+        mean_identity: Tensor | None = None,
         key_chunk: int = 16384,
     ) -> None:
         super().__init__()
@@ -245,6 +251,7 @@ class ModelAttacks(nn.Module):
             raise ValueError(f"num_keys must be >= 0, got {num_keys}")
         self.num_keys, self.key_chunk = num_keys, key_chunk
         self.__dict__["inverter"] = inverter  # not a sub-module: never in a state dict
+        self.mean_identity = None if mean_identity is None else F.normalize(mean_identity.float(), dim=0)
         self._conditions: Tensor | None = None
         metrics: dict[str, Metric] = {}
         for name in (*recognizers, LATENT):
@@ -253,6 +260,9 @@ class ModelAttacks(nn.Module):
         for name, recognizer in recognizers.items():
             if inverter is not None:
                 metrics[f"security/learned_inversion/{name}"] = IdentitySimilarity(recognizer.rule)
+            if mean_identity is not None:
+                reference = IdentitySimilarity(recognizer.rule)
+                metrics[f"security/learned_inversion/{name}/mean_identity"] = reference
             if num_keys:
                 metrics[f"security/key_search/{name}"] = IdentitySimilarity(recognizer.rule)
         if inverter is not None:
@@ -306,7 +316,7 @@ class ModelAttacks(nn.Module):
         """One batch. ``identity``/``attributes``: E_id(x)/E_attr(x); ``anonymized``: the stored faces under
         the user's key; ``flow_input``: C(E_id(anonymized)); ``recovered_identity``: the right key's inverse;
         ``judged[name]``: each judge's ``Recognition`` of ``"x"`` and ``"anon"``. Returns the attack's images
-        (``inverted``, ``best_wrong_key``, ``per_photo_key``)."""
+        (``inverted``, ``mean_identity``, ``best_wrong_key``, ``per_photo_key``)."""
         assert model.flow is not None and model.key_scheme is not None
         metrics, images = self.metrics, {}
         photo_cond = model.key_scheme([attack_key(f"photo/{i}") for i in index], device=x.device)
@@ -322,6 +332,9 @@ class ModelAttacks(nn.Module):
                 F.cosine_similarity(guess, identity.float())
             )
             images["inverted"] = model.render(guess.to(identity.dtype), anonymized_attributes)
+        if self.mean_identity is not None:
+            prior = self.mean_identity.to(identity).expand_as(identity)
+            images["mean_identity"] = model.render(prior, anonymized_attributes)
         if self.num_keys:
             scores = self._search(model, flow_input, identity)
             right = F.cosine_similarity(recovered_identity, identity.to(recovered_identity.dtype), dim=1)
@@ -337,10 +350,14 @@ class ModelAttacks(nn.Module):
             metrics[f"security/linkability/{name}/per_photo_key"].update(
                 probe.embeddings, labels, probe.found
             )
-            for attack, image_key in (("learned_inversion", "inverted"), ("key_search", "best_wrong_key")):
+            for target, image_key in (
+                (f"security/learned_inversion/{name}", "inverted"),
+                (f"security/learned_inversion/{name}/mean_identity", "mean_identity"),
+                (f"security/key_search/{name}", "best_wrong_key"),
+            ):
                 if image_key in images:
                     probe = recognizer(images[image_key])
-                    metrics[f"security/{attack}/{name}"].update(
+                    metrics[target].update(
                         ref.embeddings, probe.embeddings, ref.found, probe.found
                     )
         return images
