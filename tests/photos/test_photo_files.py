@@ -167,3 +167,12 @@ def test_unsupported_files_in_folders_are_reported(tmp_path, key, capsys) -> Non
     for name in ("anim.gif", "scan.tiff", "phone.heic"):
         assert f"{name}: not read (JPEG, PNG or WebP only)" in err
     assert "notes.txt" not in err
+
+
+def test_option_spellings() -> None:
+    """``--min-face-size`` and ``--keep-metadata`` as written with hyphens, and the old ``--skip_tiny``."""
+    from ifadit.cli import build_parser, normalize_options
+
+    argv = ["anonymize", "x.png", "--out", "o", "--model", "m", "--min-face-size", "30", "--keep-metadata"]
+    args = build_parser().parse_args(normalize_options([*argv, "--skip_tiny"]))
+    assert args.min_face_size == 30 and args.keep_metadata and args.blur_tiny
