@@ -4,6 +4,11 @@ Renders ``docs/synthfaces_grid.png`` (one identity per row, its images along the
 the size beside it) and times rendering 10,000 faces at 64 px (the goal: at most 60 s on 2 cores), a full
 dataset build (render all splits and write the cache) and a reload from that cache. Results go to
 ``benchmarks/results/synthfaces.md``.
+
+Then how visible each identity parameter is at the training size: the mean absolute pixel change (grey
+levels) when one parameter moves from the low to the high end of its range, the rest of the face and the
+picture unchanged, next to the change between two identities in the same picture and between two pictures
+of one identity. A recognizer can only spread identities over the directions that change pixels.
 Run: ``python benchmarks/synthfaces.py``.
 """
 
@@ -29,6 +34,7 @@ from ifadit.data.synthfaces import (
     nuisance_param_array,
     render_faces,
 )
+from ifadit.data.synthfaces_params import IDENTITY_NAMES, identity_ranges
 
 GOAL_SECONDS = 60.0
 
@@ -73,6 +79,29 @@ def time_dataset(count: int, size: int, threads: int, seed: int) -> tuple[float,
     return build, load, nbytes
 
 
+def visibility(faces: int, size: int, seed: int) -> tuple[float, float, list[tuple[str, float]]]:
+    """Grey levels: two identities in one picture, two pictures of one identity, and per identity parameter
+    (most visible first) the change when it moves across its range, over ``faces`` identities."""
+    ident = identity_param_array(seed, range(faces))
+    nuisance = np.concatenate([nuisance_param_array(seed, i, 2) for i in range(faces)])
+    picture, second = nuisance[0::2], nuisance[1::2]
+
+    def grey(a: torch.Tensor, b: torch.Tensor) -> float:
+        return (a - b).abs().mean().item() * 127.5
+
+    base = render_faces(ident, picture, size)
+    between = grey(base, render_faces(np.roll(ident, 1, axis=0), picture, size))
+    within = grey(base, render_faces(ident, second, size))
+    lows, highs = identity_ranges()
+    per_parameter = []
+    for k, name in enumerate(IDENTITY_NAMES):
+        low, high = ident.copy(), ident.copy()
+        low[:, k], high[:, k] = lows[k], highs[k]
+        change = grey(render_faces(low, picture, size), render_faces(high, picture, size))
+        per_parameter.append((name, change))
+    return between, within, sorted(per_parameter, key=lambda row: -row[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=10_000)
@@ -81,6 +110,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grid", type=Path, default=Path("docs/synthfaces_grid.png"))
     parser.add_argument("--grid_size", type=int, default=64)
+    parser.add_argument("--visibility_faces", type=int, default=128, help="identities for the table; 0: none")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/synthfaces.md"))
     args = parser.parse_args()
 
@@ -101,6 +131,22 @@ def main() -> None:
         rows.append(f"| build all splits (render + write cache) | {threads} | {build:.1f} | – |")
         rows.append(f"| reload all splits from cache | {threads} | {load:.2f} | – |")
 
+    seen = []
+    if args.visibility_faces:
+        between, within, per_parameter = visibility(args.visibility_faces, args.size, args.seed)
+        visible = sum(change >= 1.0 for _, change in per_parameter)
+        seen = [
+            f"Visibility at {args.size} px ({args.visibility_faces} identities, mean |change| in grey "
+            "levels): "
+            f"two identities in one picture {between:.1f}, two pictures of one identity {within:.1f}; "
+            f"{visible} of {len(per_parameter)} identity parameters change the picture by ≥ 1 grey level "
+            "across their range.",
+            "",
+            "| identity parameter, low → high | grey levels |",
+            "|---|---:|",
+            *[f"| {name} | {change:.2f} |" for name, change in per_parameter],
+            "",
+        ]
     load_avg = " / ".join(f"{v:.2f}" for v in os.getloadavg())
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = "\n".join(
@@ -118,6 +164,7 @@ def main() -> None:
             f"Sample grids: `{args.grid}` (8 identities × 8 images, {args.grid_size} px, seed {args.seed}; "
             f"one identity per row) and `{large}` (the same faces at {2 * args.grid_size} px).",
             "",
+            *seen,
         ]
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)

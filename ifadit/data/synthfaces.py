@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 # Bump when the rendering or the parameter mapping changes: cached sets are regenerated.
-RENDERER_VERSION = 2
+RENDERER_VERSION = 3
 
 SPLITS = ("train", "val", "test")
 

@@ -102,22 +102,22 @@ _IDENTITY_RANGES: dict[str, tuple[float, float]] = {
     "skin_warmth": (-1.0, 1.0),
     "eye_spacing": (0.28, 0.48),
     "eye_height": (-0.16, 0.02),
-    "eye_size": (0.07, 0.125),
+    "eye_size": (0.065, 0.14),
     "eye_aspect": (0.45, 0.78),
     "iris_colour": (0.0, 1.0),
-    "brow_thickness": (0.015, 0.06),
-    "brow_slope": (-0.35, 0.35),
-    "brow_arch": (0.0, 0.06),
+    "brow_thickness": (0.015, 0.075),
+    "brow_slope": (-0.5, 0.5),
+    "brow_arch": (0.0, 0.10),
     "brow_gap": (0.075, 0.16),
-    "brow_length": (0.085, 0.15),
+    "brow_length": (0.07, 0.18),
     "brow_darkness": (0.0, 1.0),
     "nose_length": (0.16, 0.30),
-    "nose_width": (0.04, 0.11),
-    "mouth_width": (0.11, 0.25),
-    "lip_thickness": (0.01, 0.04),
+    "nose_width": (0.04, 0.15),
+    "mouth_width": (0.10, 0.30),
+    "lip_thickness": (0.01, 0.06),
     "mouth_gap": (0.09, 0.17),
     "lip_redness": (0.0, 1.0),
-    "ear_size": (0.10, 0.17),
+    "ear_size": (0.09, 0.21),
     "ear_height": (-0.12, 0.08),
     "chin_length": (0.0, 0.10),
     "cheek_blush": (0.0, 1.0),
@@ -126,7 +126,7 @@ _IDENTITY_RANGES: dict[str, tuple[float, float]] = {
     "mole_u": (-0.65, 0.65),
     "mole_v": (-0.05, 0.60),
     "eye_tilt": (-1.0, 1.0),
-    "iris_size": (0.45, 0.72),
+    "iris_size": (0.40, 0.85),
     "iris_ring": (0.0, 1.0),
     "lash_darkness": (0.0, 1.0),
     "under_eye": (0.0, 1.0),
@@ -144,7 +144,7 @@ _IDENTITY_RANGES: dict[str, tuple[float, float]] = {
     "brow_taper": (0.0, 0.9),
     "freckles": (0.0, 1.0),
     "freckle_pattern": (0.0, 1.0),
-    "mole_size": (0.012, 0.03),
+    "mole_size": (0.02, 0.045),
     "second_mole": (0.0, 1.0),
     "second_mole_u": (-0.65, 0.65),
     "second_mole_v": (-0.30, 0.60),
@@ -234,6 +234,11 @@ def nuisance_param_array(seed: int, identity: int, num_images: int, strength: fl
             full = u[:, j]
         values[:, j] = canonical + strength * (full - canonical)
     return values
+
+
+def identity_ranges() -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) of every identity parameter, in the order of :data:`IDENTITY_NAMES` (copies)."""
+    return _LOWS.copy(), _HIGHS.copy()
 
 
 def normalized_parameters(identity: np.ndarray, nuisance: np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ from ifadit.data.synthfaces_params import (
 )
 
 _EYE_DEPTH = 0.82  # head depth / head width: features move with yaw by this much of the head width
-_ZOOM = 1.15  # the head fills more of the frame (as in FFHQ crops), so its details get more pixels
+_ZOOM = 1.45  # the head fills more of the frame (as in FFHQ crops), so its details get more pixels
 _FRECKLES = 16  # the most freckles a face has
 
 
