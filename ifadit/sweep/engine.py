@@ -156,7 +156,11 @@ class RayEngine:
                 where = f"join the Ray cluster at {self.address}" if self.address else "start Ray here"
                 raise SweepError(f"cannot {where}: {one_line_error(exc)}") from None
             self._started = True
-        self._check_fits()
+        try:
+            self._check_fits()
+        except BaseException:
+            self.__exit__()  # __exit__ is not called when __enter__ raises: leave no runtime or connection
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
