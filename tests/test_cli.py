@@ -151,12 +151,19 @@ def test_demo_runs_and_recovers(tmp_path, capsys):
     assert base64.b64encode(key._SecretKey__material).decode() not in out + json.dumps(result)
 
 
+def _private_file(path, text: str) -> int:
+    """Write ``text`` readable by its owner only, as a key file must be (others' access is refused first)."""
+    path.write_text(text)
+    path.chmod(0o600)
+    return len(text)
+
+
 @pytest.mark.parametrize(
     ("setup", "expected"),
     [
         (lambda d: ["--key", str(d / "missing.key")], "key file not found"),
         (
-            lambda d: (d / "bad.key").write_text("nonsense\n") and ["--key", str(d / "bad.key")],
+            lambda d: _private_file(d / "bad.key", "nonsense\n") and ["--key", str(d / "bad.key")],
             "not an ifadit key",
         ),
         (lambda d: [], "give --key"),
