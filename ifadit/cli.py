@@ -147,20 +147,19 @@ def _build_task(config: str, checkpoint: str, strict: bool) -> tuple[Any, Any]:
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from ifadit.evaluation import evaluate_headline, format_scores, write_scores
+    from ifadit.recognizers.spec import build_recognizer
 
     secret = _read_secret(args)
     task, datamodule = _build_task(args.config, args.ckpt_path, strict=True)
-    judge_task, _ = _build_task(args.judge_config, args.judge_ckpt_path, strict=False)
+    judge = build_recognizer(args.judge)
     if task.model is None or not task.model.keyed:
         raise ValueError(f"{args.ckpt_path} is not a flow-phase model: score needs a trained flow")
     datamodule.setup("test")
     loader = {"test": datamodule.test_dataloader, "val": datamodule.val_dataloader}[args.split]()
     out = Path(args.out)
-    scores = evaluate_headline(
-        task.model, judge_task.identity_encoder, loader, secret, grid_path=out / "grid.png"
-    )
+    scores = evaluate_headline(task.model, judge, loader, secret, grid_path=out / "grid.png")
     write_scores(scores, out / "scores.json")
-    print(f"ifadit score: {args.split} split, judged by the recognizer in {args.judge_ckpt_path}")
+    print(f"ifadit score: {args.split} split, judged by {args.judge}")
     print(format_scores(scores))
     print(f"grid (original | anonymized key A | key B | recovered | wrong-key recovery): {out / 'grid.png'}")
     return 0
@@ -227,7 +226,7 @@ def _cmd_photos(args: argparse.Namespace) -> int:
 # Old option names, still accepted (the help shows only the current ones): subcommand -> old -> current.
 RENAMED_OPTIONS: dict[str, dict[str, str]] = {
     "keygen": {"--check_ckpt": "--ckpt_path", "--check_config": "--config"},
-    "score": {"--ckpt": "--ckpt_path", "--judge_ckpt": "--judge_ckpt_path"},
+    "score": {"--ckpt": "--ckpt_path"},
     "evaluate": {"--ckpt": "--ckpt_path"},
     "anonymize": {"--ckpt_path": "--model", "--skip_tiny": "--blur_tiny"},
     "recover": {"--ckpt_path": "--model", "--skip_tiny": "--blur_tiny"},
@@ -344,8 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True, help="the flow-phase recipe the checkpoint was trained with")
     p.add_argument("--ckpt_path", required=True, help="the flow-phase checkpoint")
-    p.add_argument("--judge_config", required=True, help="the recipe of an independently trained recognizer")
-    p.add_argument("--judge_ckpt_path", required=True, help="that recognizer's checkpoint")
+    p.add_argument("--judge", default="synthfaces64-judge", metavar="NAME_OR_CKPT",
+                   help="the recognizer that scores, trained apart from the model: a registered name (default: "
+                   "the shipped SynthFaces judge) or CKPT:config=RECIPE of a recognizer ifadit trained")
     _add_key_options(p)
     p.add_argument("--split", choices=("test", "val"), default="test",
                    help="the faces to score (default test)")

@@ -7,6 +7,7 @@ the scores are not measured by the network the losses optimised. The numbers com
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -20,7 +21,7 @@ from ifadit.evaluate import headline, run_suite
 from ifadit.grids import save_labelled_grid
 from ifadit.keys import SecretKey
 from ifadit.nets import IdentityEncoder
-from ifadit.recognizers import EncoderRecognizer
+from ifadit.recognizers import EncoderRecognizer, Recognizer, Verification
 from ifadit.text import format_rows
 
 
@@ -41,14 +42,15 @@ class HeadlineScores:
 @torch.no_grad()
 def evaluate_headline(
     model: IFADIT,
-    judge: IdentityEncoder,
+    judge: Recognizer | IdentityEncoder,
     batches: Iterable[dict[str, Tensor]],
     secret: SecretKey,
     grid_path: str | Path | None = None,
     grid_rows: int = 8,
 ) -> HeadlineScores:
     """Anonymize every image with ``secret``, recover it, recover it with wrong keys, anonymize it with a
-    second key, and average the judge's identity cosines and the PSNRs over all images.
+    second key, and average the judge's identity cosines and the PSNRs over all images. ``judge``: a
+    recognizer (``ifadit.recognizers.build_recognizer``) or a bare identity encoder.
 
     A view on the metrics suite (:func:`ifadit.evaluate.run_suite`), so ``ifadit score`` and
     ``ifadit evaluate`` give the same numbers; wrong and second keys are the suite's fixed public keys
@@ -57,7 +59,7 @@ def evaluate_headline(
         model,
         batches,
         secret,
-        {"judge": EncoderRecognizer(judge, threshold=0.5)},  # the headline uses cosines, not the threshold
+        {"judge": _nominal_threshold(judge)},
         detector=False,
         fid=False,
         keep_samples=grid_rows,
@@ -74,6 +76,17 @@ def evaluate_headline(
         key_fingerprint=secret.fingerprint,
         **{name: float(value) for name, value in values.items()},
     )
+
+
+def _nominal_threshold(judge: Recognizer | IdentityEncoder) -> Recognizer:
+    """The suite wants a threshold; the headline reads only cosines, so a judge without one gets a nominal
+    0.5 (on a copy: the caller's recognizer keeps none)."""
+    if not isinstance(judge, Recognizer):
+        return EncoderRecognizer(judge, threshold=0.5)
+    if judge.verification is None:
+        judge = copy.copy(judge)
+        judge.verification = Verification(0.5)
+    return judge
 
 
 def write_scores(scores: HeadlineScores, path: str | Path) -> Path:

@@ -71,8 +71,8 @@ def test_every_option_of_every_subcommand_has_help_and_one_spelling() -> None:
 
 
 def test_hyphens_and_old_option_names_still_work() -> None:
-    assert normalize_options(["score", "--judge-ckpt=J", "--ckpt", "C", "--passphrase-file", "P"]) == [
-        "score", "--judge_ckpt_path=J", "--ckpt_path", "C", "--passphrase_file", "P"]
+    assert normalize_options(["score", "--split=val", "--ckpt", "C", "--passphrase-file", "P"]) == [
+        "score", "--split=val", "--ckpt_path", "C", "--passphrase_file", "P"]
     assert normalize_options(["anonymize", "a-b.png", "--ckpt-path", "m", "--", "--ckpt_path"]) == [
         "anonymize", "a-b.png", "--model", "m", "--", "--ckpt_path"]
     keygen = normalize_options(["keygen", "k", "--check-config", "r.yaml", "--check-ckpt", "c"])
