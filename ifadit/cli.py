@@ -344,8 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="the flow-phase recipe the checkpoint was trained with")
     p.add_argument("--ckpt_path", required=True, help="the flow-phase checkpoint")
     p.add_argument("--judge", default="synthfaces64-judge", metavar="NAME_OR_CKPT",
-                   help="the recognizer that scores, trained apart from the model: a registered name (default: "
-                   "the shipped SynthFaces judge) or CKPT:config=RECIPE of a recognizer ifadit trained")
+                   help="the recognizer that scores, trained apart from the model: a registered name "
+                   "(default: the shipped SynthFaces judge) or CKPT:config=RECIPE of one ifadit trained")
     _add_key_options(p)
     p.add_argument("--split", choices=("test", "val"), default="test",
                    help="the faces to score (default test)")

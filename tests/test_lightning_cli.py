@@ -179,7 +179,7 @@ def test_score_judges_a_flow_checkpoint_with_another_recognizer(chain: ChainRun,
     args = [
         "score", "--config", str(CONF / "flow.yaml"),
         "--ckpt_path", str(_run_checkpoint_dir(chain.work, "flow") / "last.ckpt"),
-        "--judge", f"{_run_checkpoint_dir(chain.work, 'recognizer') / 'last.ckpt'}:config={CONF / 'recognizer.yaml'}",
+        "--judge", f"{_run_checkpoint_dir(chain.work, 'recognizer')}/last.ckpt:config={CONF}/recognizer.yaml",
         "--key", str(chain.key_file), "--out", str(out), "--split", "val",
     ]
     with pytest.MonkeyPatch.context() as mp:

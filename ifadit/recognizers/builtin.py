@@ -95,20 +95,22 @@ class SynthFacesRecognizer(EncoderRecognizer):
         self.eval()
 
 
-#: The shipped judge: its manifest name and its network, as ``recipes/foundations/judge.yaml`` trains it (a test
-#: keeps the two equal; the recipe is not part of an installed package, so the network is written here).
+#: The shipped judge: its manifest name and its network, as ``recipes/foundations/judge.yaml`` trains it (a
+#: test keeps the two equal; the recipe is not part of an installed package, so the network is written here).
 SHIPPED_JUDGE = "synthfaces64-judge"
 SHIPPED_JUDGE_ENCODER = {"backbone": "resnet10t", "embedding_dim": 128, "in_size": 64}
 
 
 class ShippedJudge(EncoderRecognizer):
-    """The SynthFaces judge shipped with ifadit (``ifadit/foundations/synthfaces64-judge.safetensors``, sha256
-    checked on load): a ResNet-10t trained apart from every anonymizer's identity encoder, on other identities,
-    that scores anonymizers of 64 px SynthFaces and never trains one. No published threshold: give one or
-    calibrate it (``ifadit evaluate`` does, on the validation split)."""
+    """The SynthFaces judge shipped with ifadit (``ifadit/foundations/synthfaces64-judge.safetensors``,
+    sha256 checked on load): a ResNet-10t trained apart from every anonymizer's identity encoder, on other
+    identities, that scores anonymizers of 64 px SynthFaces and never trains one. No published threshold: give
+    one or calibrate it (``ifadit evaluate`` does, on the validation split)."""
 
     def __init__(self, threshold: float | None = None) -> None:
-        encoder = registry.create("identity_encoders", "timm", checkpoint=SHIPPED_JUDGE, **SHIPPED_JUDGE_ENCODER)
+        encoder = registry.create(
+            "identity_encoders", "timm", checkpoint=SHIPPED_JUDGE, **SHIPPED_JUDGE_ENCODER
+        )
         super().__init__(encoder, threshold=threshold, input_size=SHIPPED_JUDGE_ENCODER["in_size"])
         self.requires_grad_(False)
 
