@@ -4,11 +4,16 @@ import json
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
+import yaml
 
 from ifadit import registry, weights
+from ifadit.data.synthfaces import SynthFaces
 from ifadit.foundations import FOUNDATIONS, Foundation, export, update_manifest
 from ifadit.lightning_cli import cli_main
+from ifadit.recognizers.builtin import SHIPPED_JUDGE_ENCODER
+from ifadit.recognizers.spec import build_recognizer
 from ifadit.training import LossWeights, render_terms, swapped_parameters
 from ifadit.training.render import latent_targets
 from ifadit.weights import MANIFEST, WeightsError, register_shipped
@@ -139,3 +144,50 @@ def test_foundation_recipes_run_a_fast_dev_run(recipe: Path, tmp_path: Path, mon
     cli = cli_main(["fit", "--config", str(recipe), *small, "--trainer.fast_dev_run", "true",
                     "--trainer.logger", "false"])
     assert cli.trainer.global_step == 1 and cli.model.phase in ("recognizer", "render")
+
+
+SHIPPED_ENTRIES = json.loads(weights.SHIPPED_MANIFEST.read_text())
+
+
+def test_the_package_ships_the_judge() -> None:
+    assert "synthfaces64-judge" in SHIPPED_ENTRIES
+    assert MANIFEST["synthfaces64-judge"].shipped
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_ENTRIES))
+def test_a_shipped_foundation_matches_its_manifest_and_loads_strictly_into_its_recipe(name: str) -> None:
+    entry = SHIPPED_ENTRIES[name]
+    path = weights.SHIPPED_DIR / entry["filename"]
+    assert weights.sha256_of(path) == entry["sha256"]
+    foundation = next(f for f in FOUNDATIONS if f.name == name)
+    assert entry["recipe"] == foundation.recipe
+    task = cli_main(["--config", str(ROOT / foundation.recipe), "--trainer.logger", "false"], run=False).model
+    component = task.get_submodule(foundation.prefix.rstrip("."))
+    before = {k: v.clone() for k, v in component.state_dict().items()}
+    weights.load_component_checkpoint(component, name)  # strict: every key, every shape
+    after = component.state_dict()
+    assert set(after) == set(safetensors.torch.load_file(path))
+    changed = [k for k, v in after.items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert len(changed) > len(after) // 2  # the trained weights replaced the recipe's random ones
+
+
+def test_the_registered_judge_is_the_network_its_recipe_trains() -> None:
+    recipe = yaml.safe_load((ROOT / "recipes/foundations/judge.yaml").read_text())
+    spec = recipe["model"]["identity_encoder"]
+    assert spec["class_path"] == "timm" and spec["init_args"] == SHIPPED_JUDGE_ENCODER
+
+
+def test_the_shipped_judge_tells_unseen_synthfaces_identities_apart(tmp_path: Path) -> None:
+    """Identities of another data seed than the judge trained on: each image's nearest other image is the
+    same person's, and same-person cosines sit far above different-person ones (a random network fails)."""
+    faces = SynthFaces(tmp_path, "test", size=64, num_identities=100, images_per_identity=3, seed=7)
+    images, labels = faces.images.float().div(127.5).sub(1.0), faces.identity_labels
+    judge = build_recognizer("synthfaces64-judge")
+    with torch.no_grad():
+        embeddings = torch.nn.functional.normalize(judge(images).embeddings, dim=1)
+    cos = embeddings @ embeddings.T
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool)
+    nearest = cos.masked_fill(eye, -2.0).argmax(dim=1)
+    assert (labels[nearest] == labels).float().mean() >= 0.9
+    assert cos[same & ~eye].mean() - cos[~same].mean() > 0.5

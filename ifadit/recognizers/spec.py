@@ -1,7 +1,8 @@
 """Recognizers named on a command line: ``NAME``, ``NAME:key=value,...`` or ``CKPT[:key=value,...]``.
 
-``dlib``, ``arcface_irse50:checkpoint=/w/model_ir_se50.pth``, and
-``outputs/checkpoints/ifadit/quickstart-judge/last.ckpt:config=recipes/quickstart/judge.yaml`` (a
+``synthfaces64-judge`` (the judge shipped with ifadit), ``dlib``,
+``arcface_irse50:checkpoint=/w/model_ir_se50.pth``, and
+``outputs/checkpoints/ifadit/quickstart-recognizer/last.ckpt:config=recipes/quickstart/recognizer.yaml`` (a
 checkpoint ifadit trained: the ``synthfaces`` recognizer, built from the recipe it was trained with).
 Values are read as YAML scalars (``threshold=0.4`` is a float).
 """
