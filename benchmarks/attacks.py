@@ -9,7 +9,7 @@ and budget on the quickstart) it trains an inverter on train-split faces anonymi
 test faces through the metrics suite (anonymized with ``--key``, judged by ``--recognizer``). The key search
 runs once, with the first budget, over ``--attack_keys`` keys.
 
-Run (defaults: the quickstart checkpoints, judge and key)::
+Run (defaults: the quickstart checkpoints and key, the shipped judge ``synthfaces64-judge``)::
 
     OMP_NUM_THREADS=2 python benchmarks/attacks.py --budget 256,512,256:3000:9600 \
         --budget 512,1024,512:6000:19200 --out benchmarks/results/attacks
@@ -31,7 +31,8 @@ from ifadit.cli import _build_task
 from ifadit.evaluate import attack_summary, calibrate_missing_thresholds, format_value, run_suite
 from ifadit.keys import SecretKey
 from ifadit.metrics.attacks import ModelAttacks, attack_pairs, train_inverter
-from ifadit.recognizers import build_recognizer, recognizer_label
+from ifadit.recognizers import build_recognizer, parse_recognizer_spec, recognizer_label
+from ifadit.recognizers.spec import is_checkpoint_path
 
 CKPT = "outputs/checkpoints/ifadit"
 
@@ -46,8 +47,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="recipes/quickstart/compensator.yaml")
     p.add_argument("--ckpt_path", default=f"{CKPT}/quickstart-compensator/last.ckpt")
-    p.add_argument("--recognizer",
-                   default=f"{CKPT}/quickstart-judge/last.ckpt:config=recipes/quickstart/judge.yaml")
+    p.add_argument("--recognizer", default="synthfaces64-judge", metavar="NAME_OR_CKPT",
+                   help="the judge: a registered name (default: the shipped SynthFaces judge) or "
+                   "CKPT:config=RECIPE of a recognizer ifadit trained")
     p.add_argument("--key", default="outputs/quickstart/quickstart.key")
     p.add_argument("--budget", action="append", type=parse_budget, metavar="HIDDEN:STEPS:PAIRS")
     p.add_argument("--attack_keys", type=int, default=1000)
@@ -91,11 +93,12 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    head = parse_recognizer_spec(args.recognizer)[0]
     meta = {
         "machine": describe(torch.get_num_threads()),
         "checkpoint": shown_path(args.ckpt_path),
         "config": args.config,
-        "judge": shown_path(args.recognizer.split(":", 1)[0]),
+        "judge": shown_path(head) if is_checkpoint_path(head) else head,
         "calibration": {k: vars(c) for k, c in calibration.items()},
         "key_fingerprint": secret.fingerprint,
         "pairs_render_seconds": round(render_s, 1),

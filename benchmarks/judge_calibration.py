@@ -7,12 +7,14 @@ impostors. A recovered face that scores above the genuine-pair cosine is closer 
 second photo of the same person is: that much of the score is pose, light and expression, not identity.
 Also the number of principal directions holding 90 % of the embeddings' variance on those images, and their
 participation ratio ``(sum of variances)^2 / sum of squared variances``: about how many directions a key
-transform can move an identity in that this recognizer notices. On the quickstart judge: 7 directions and a
-ratio of 3.9, against 21 and 11.7 for the model's own encoder (docs/research.md, "Where recovery loses the
-identity").
+transform can move an identity in that this recognizer notices. On the judge the quickstart used to train
+(measured before the shipped judge replaced it): 7 directions and a ratio of 3.9, against 21 and 11.7 for the
+model's own encoder (docs/research.md, "Where recovery loses the identity").
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/judge_calibration.py`` (defaults: the quickstart checkpoints, the
-judge and the model's own identity encoder). Prints a table and writes ``--out`` (Markdown) when given.
+shipped judge ``synthfaces64-judge`` and the model's own identity encoder; ``--judge NAME_OR_CKPT``,
+repeatable, names the judges as in ``ifadit score``). Prints a table and writes ``--out`` (Markdown) when
+given.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from machine import describe, shown_path  # benchmarks/ is on sys.path when a script runs
+from key_collisions import judge_encoder  # benchmarks/ is on sys.path when a script runs
+from machine import describe, shown_path
 from torch import Tensor
 
 from ifadit.cli import _build_task
 from ifadit.nets import IdentityEncoder
+from ifadit.recognizers import recognizer_label
 
 ROOT = Path(__file__).resolve().parents[1]
 CKPT = ROOT / "outputs/checkpoints/ifadit"
@@ -62,14 +66,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(ROOT / "recipes/quickstart/compensator.yaml"))
     parser.add_argument("--ckpt_path", default=str(CKPT / "quickstart-compensator/last.ckpt"))
-    parser.add_argument("--judge", nargs=2, action="append", metavar=("CONFIG", "CKPT"),
-                        help="a recognizer recipe and checkpoint, repeatable (default: the quickstart judge)")
+    parser.add_argument("--judge", action="append", metavar="NAME_OR_CKPT",
+                        help="a judge, repeatable: a registered name or CKPT:config=RECIPE of a recognizer "
+                        "ifadit trained (default: the shipped SynthFaces judge, synthfaces64-judge)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    default_judge = [str(ROOT / "recipes/quickstart/judge.yaml"), str(CKPT / "quickstart-judge/last.ckpt")]
-    judges = args.judge or [default_judge]
+    judges = args.judge or ["synthfaces64-judge"]
 
     task, datamodule = _build_task(args.config, args.ckpt_path, strict=True)
     model = task.model.eval()
@@ -81,9 +85,8 @@ def main() -> None:
         renders = torch.cat([model.reconstruct(part) for part in images.split(100)])
 
     encoders = {}
-    for config, ckpt in judges:
-        judge_task, _ = _build_task(config, ckpt, strict=False)
-        encoders[Path(ckpt).parent.name] = judge_task.identity_encoder.eval()
+    for spec in judges:
+        encoders[recognizer_label(spec)] = judge_encoder(spec)
     encoders["the model's identity encoder"] = model.identity_encoder
     lines = [
         f"Test identities: {len(labels.unique())}, images: {len(labels)}. Reconstructions by "

@@ -14,8 +14,9 @@ Then ``--random_keys`` fresh keys on 32 test faces: the pairwise cosines of the 
 (the same face), whose high tail is the key collisions.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/key_collisions.py --keys a.key b.key c.key`` (defaults: the
-quickstart checkpoints and judge). Prints a table and writes ``--out`` (JSON) when given. Results on the
-quickstart checkpoints: docs/research.md, "Where recovery loses the identity" and the tables after it.
+quickstart checkpoints and the shipped judge, ``--judge synthfaces64-judge``). Prints a table and writes
+``--out`` (JSON) when given. Results on the quickstart checkpoints: docs/research.md, "Where recovery loses
+the identity" and the tables after it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ifadit.cli import _build_task
 from ifadit.keys import SecretKey
 from ifadit.nets import IdentityEncoder
 from ifadit.nets.image import as_stored
+from ifadit.recognizers import EncoderRecognizer, build_recognizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CKPT = ROOT / "outputs/checkpoints/ifadit"
@@ -103,11 +105,22 @@ def _meets(name: str, value: float) -> bool:
 
 
 def add_model_and_judge_arguments(parser: argparse.ArgumentParser) -> None:
-    """A trained model and the judge scoring it; the defaults are the quickstart's checkpoints."""
+    """A trained model and the judge scoring it, spelled as in ``ifadit score``; the defaults are the
+    quickstart's checkpoints and the shipped judge."""
     parser.add_argument("--config", default=str(ROOT / "recipes/quickstart/compensator.yaml"))
     parser.add_argument("--ckpt_path", default=str(CKPT / "quickstart-compensator/last.ckpt"))
-    parser.add_argument("--judge_config", default=str(ROOT / "recipes/quickstart/judge.yaml"))
-    parser.add_argument("--judge_ckpt_path", default=str(CKPT / "quickstart-judge/last.ckpt"))
+    parser.add_argument("--judge", default="synthfaces64-judge", metavar="NAME_OR_CKPT",
+                        help="the recognizer that scores: a registered name (default: the shipped SynthFaces "
+                        "judge) or CKPT:config=RECIPE of a recognizer ifadit trained")
+
+
+def judge_encoder(spec: str) -> IdentityEncoder:
+    """The bare identity encoder of the judge ``spec`` names (see ``--judge``), in eval mode."""
+    recognizer = build_recognizer(spec)
+    if not isinstance(recognizer, EncoderRecognizer):
+        raise SystemExit(f"judge {spec!r} is a {type(recognizer).__name__}, not an EncoderRecognizer: "
+                         "this benchmark needs its identity encoder")
+    return recognizer.encoder.eval()
 
 
 def main() -> None:
@@ -124,8 +137,7 @@ def main() -> None:
     torch.manual_seed(0)  # the random keys of the collision count
 
     task, datamodule = _build_task(args.config, args.ckpt_path, strict=True)
-    judge_task, _ = _build_task(args.judge_config, args.judge_ckpt_path, strict=False)
-    model, judge = task.model.eval(), judge_task.identity_encoder.eval()
+    model, judge = task.model.eval(), judge_encoder(args.judge)
     datamodule.setup("test")
     batches = [batch["image"] for batch in datamodule.test_dataloader()]
     keys = [SecretKey.load(path) for path in args.keys]

@@ -17,8 +17,8 @@ the test faces like ``key_collisions.py`` (the next key of the list as wrong and
 fail show which judge-visible directions such keys can move: the share of the variance in the top principal
 directions is printed with the table.
 
-Run: ``OMP_NUM_THREADS=2 python benchmarks/keyed_isometries.py`` (defaults: the quickstart checkpoints and
-judge, 8 keys). Prints a table and writes ``--out`` (Markdown) when given.
+Run: ``OMP_NUM_THREADS=2 python benchmarks/keyed_isometries.py`` (defaults: the quickstart checkpoints,
+the shipped judge ``synthfaces64-judge``, 8 keys). Prints a table and writes ``--out`` (Markdown) when given.
 """
 
 from __future__ import annotations
@@ -30,7 +30,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from key_collisions import GOALS, _meets, add_model_and_judge_arguments  # benchmarks/ is on sys.path
+from key_collisions import (  # benchmarks/ is on sys.path
+    GOALS,
+    _meets,
+    add_model_and_judge_arguments,
+    judge_encoder,
+)
 from machine import describe
 from torch import Tensor
 
@@ -39,6 +44,7 @@ from ifadit.cli import _build_task
 from ifadit.keycheck import encode
 from ifadit.nets import IdentityEncoder
 from ifadit.nets.image import as_stored
+from ifadit.recognizers import recognizer_label
 
 
 class PrincipalIsometry:
@@ -137,7 +143,7 @@ def main() -> None:
 
     task, datamodule = _build_task(args.config, args.ckpt_path, strict=True)
     model = task.model.eval()
-    judge = _build_task(args.judge_config, args.judge_ckpt_path, strict=False)[0].identity_encoder.eval()
+    judge = judge_encoder(args.judge)
     datamodule.setup("fit")
     datamodule.setup("test")
     train: list[Tensor] = []
@@ -155,7 +161,7 @@ def main() -> None:
     share = (variance.cumsum(0) / variance.sum())[[0, 1, 3, 7, 15]].tolist()
     lines = [
         f"Test faces: {len(test_images)}; principal directions and compensators fitted on "
-        f"{len(fit_images)} training faces; judged by {Path(args.judge_ckpt_path).parent.name}; "
+        f"{len(fit_images)} training faces; judged by {recognizer_label(args.judge)}; "
         f"model {Path(args.ckpt_path).parent.name}.",
         "The identity encoder on those faces: variance share of its top 1 / 2 / 4 / 8 / 16 principal "
         "directions "

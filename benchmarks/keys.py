@@ -14,8 +14,8 @@ independent judge's cosines and the recovery PSNR, per key:
   ``feature``) of reconstructions, anonymized and wrong-key renders against the test faces.
 
 Run: ``OMP_NUM_THREADS=2 python benchmarks/keys.py --out benchmarks/results/keys`` (defaults: the
-quickstart's final checkpoint and judge). Writes ``<out>.md`` (the table in benchmarks/README.md) and
-``<out>.json`` (every number).
+quickstart's final checkpoint and the shipped judge, ``--judge synthfaces64-judge``). Writes ``<out>.md``
+(the table in benchmarks/README.md) and ``<out>.json`` (every number).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from pathlib import Path
 import kornia
 import torch
 import torch.nn.functional as F
-from machine import describe, shown_path  # benchmarks/ is on sys.path when a script runs
+from key_collisions import add_model_and_judge_arguments, judge_encoder  # benchmarks/ is on sys.path
+from machine import describe, shown_path
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
@@ -36,8 +37,6 @@ from ifadit.cli import _build_task
 from ifadit.keys import SecretKey
 from ifadit.nets.image import as_stored
 
-ROOT = Path(__file__).resolve().parents[1]
-CKPT = ROOT / "outputs/checkpoints/ifadit"
 GOALS = {  # measure: (direction, bound, what must meet it)
     "anonymized": ("<=", 0.3, "every key"),
     "recovered": (">=", 0.9, "every key"),
@@ -154,10 +153,7 @@ def table(result: dict, faces: int, pair_faces: int, machine: str, source: str) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "recipes/quickstart/compensator.yaml"))
-    parser.add_argument("--ckpt_path", default=str(CKPT / "quickstart-compensator/last.ckpt"))
-    parser.add_argument("--judge_config", default=str(ROOT / "recipes/quickstart/judge.yaml"))
-    parser.add_argument("--judge_ckpt_path", default=str(CKPT / "quickstart-judge/last.ckpt"))
+    add_model_and_judge_arguments(parser)
     parser.add_argument("--keys", type=int, default=32, help="fresh random keys")
     parser.add_argument("--faces", type=int, default=600, help="test faces per key")
     parser.add_argument("--pair_faces", type=int, default=16, help="test faces per ordered wrong-key pair")
@@ -168,11 +164,11 @@ def main() -> None:
         parser.error("--keys must be at least 2 (two keys and wrong keys need pairs)")
     torch.set_num_threads(args.threads)
     task, datamodule = _build_task(args.config, args.ckpt_path, strict=True)
-    judge_task, _ = _build_task(args.judge_config, args.judge_ckpt_path, strict=False)
+    judge = judge_encoder(args.judge)
     datamodule.setup("test")
     x = torch.cat([b["image"] for b in datamodule.test_dataloader()])[: args.faces]
     keys = [SecretKey.generate() for _ in range(args.keys)]
-    result = measure(task.model.eval(), judge_task.identity_encoder.eval(), x, keys, args.pair_faces)
+    result = measure(task.model.eval(), judge, x, keys, args.pair_faces)
     source = shown_path(args.ckpt_path)
     text = table(result, x.shape[0], min(args.pair_faces, x.shape[0]), describe(args.threads), source)
     print(text)

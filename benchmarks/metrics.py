@@ -7,10 +7,13 @@ compute. The images are read into memory first (not timed); one small warm-up ba
 Forward hooks split the time between the generator, the model's encoders, the judge and MTCNN.
 
 Default model: the quickstart checkpoints (``make quickstart``) when present, else the quickstart
-recipes' networks at their initial weights (same cost: the timing does not depend on the weights).
+recipes' networks at their initial weights (same cost: the timing does not depend on the weights). Default
+judge: the shipped one (``--judge synthfaces64-judge``; any ``NAME_OR_CKPT`` as in ``ifadit score``), at a
+cosine threshold of 0.9 unless its spec sets one.
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/metrics.py`` (options: --images, --batch_size, --anonymizations,
---threads, --with_dlib, --no_detector). Results: ``benchmarks/results/metrics.md`` and ``metrics.json``.
+Run: ``OMP_NUM_THREADS=1 python benchmarks/metrics.py`` (options: --judge, --images, --batch_size,
+--anonymizations, --threads, --with_dlib, --no_detector). Results: ``benchmarks/results/metrics.md`` and
+``metrics.json``.
 """
 
 from __future__ import annotations
@@ -34,8 +37,7 @@ from ifadit.cli import _build_task
 from ifadit.keys import SecretKey
 from ifadit.lightning_cli import cli_main
 from ifadit.metrics import AnonymizationSuite, MTCNNDetector, RecognizerFeatures
-from ifadit.recognizers import EncoderRecognizer, Recognizer
-from ifadit.recognizers.builtin import SynthFacesRecognizer, identity_encoder_spec_from_recipe
+from ifadit.recognizers import Recognizer, Verification, build_recognizer, recognizer_label
 
 GOAL_SECONDS = 60.0
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,24 +76,19 @@ def build(args: argparse.Namespace) -> tuple[object, object, Recognizer, str]:
                        run=False)
         task, datamodule = cli.model, cli.datamodule
         source = f"initial weights of {args.config} (no checkpoint)"
-    if args.judge_ckpt_path and Path(args.judge_ckpt_path).is_file():
-        judge = SynthFacesRecognizer(args.judge_ckpt_path, config=args.judge_config, threshold=0.9)
-    else:
-        from ifadit import registry
-
-        spec = identity_encoder_spec_from_recipe(args.judge_config)
-        encoder = registry.instantiate("identity_encoders", spec)
-        judge = EncoderRecognizer(encoder, threshold=0.9)
-        source += "; judge at initial weights"
-    return task, datamodule, judge, source
+    judge = build_recognizer(args.judge)
+    if judge.verification is None:  # the suite needs a threshold; the timing does not depend on it
+        judge.verification = Verification(0.9)
+    return task, datamodule, judge, f"{source}; judge {recognizer_label(args.judge)}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "recipes/quickstart/compensator.yaml"))
     parser.add_argument("--ckpt_path", default=str(CKPT / "quickstart-compensator/last.ckpt"))
-    parser.add_argument("--judge_config", default=str(ROOT / "recipes/quickstart/judge.yaml"))
-    parser.add_argument("--judge_ckpt_path", default=str(CKPT / "quickstart-judge/last.ckpt"))
+    parser.add_argument("--judge", default="synthfaces64-judge", metavar="NAME_OR_CKPT",
+                        help="the judge: a registered name (default: the shipped SynthFaces judge) or "
+                        "CKPT:config=RECIPE of a recognizer ifadit trained")
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--anonymizations", type=int, default=2)

@@ -1,5 +1,7 @@
-"""benchmarks/keys.py on a tiny random model: every number of its table is computed and in range."""
+"""benchmarks/keys.py on a tiny random model: every number of its table is computed and in range; the
+benchmarks' ``--judge NAME_OR_CKPT`` and the identity encoder they take from it."""
 
+import argparse
 import importlib
 import sys
 from pathlib import Path
@@ -10,6 +12,8 @@ import torch
 from ifadit import registry
 from ifadit.anonymizer import IFADIT
 from ifadit.keys import SecretKey
+from ifadit.nets import IdentityEncoder
+from ifadit.recognizers import Recognition, Recognizer
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -20,6 +24,7 @@ def keys_benchmark(monkeypatch: pytest.MonkeyPatch):
     module = importlib.import_module("keys")
     yield module
     sys.modules.pop("keys", None)
+    sys.modules.pop("key_collisions", None)  # imported by keys
 
 
 def test_the_keys_table_scores_every_key_and_every_ordered_pair(keys_benchmark) -> None:
@@ -46,3 +51,43 @@ def test_the_keys_table_scores_every_key_and_every_ordered_pair(keys_benchmark) 
     assert all(value > 0 for value in result["fid"].values())
     text = keys_benchmark.table(result, 6, 4, "test machine", "tiny")
     assert "| anonymized | <= 0.3 for every key |" in text and "of 6 |" in text and "FID" in text
+
+
+@pytest.fixture()
+def key_collisions(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = importlib.import_module("key_collisions")
+    yield module
+    sys.modules.pop("key_collisions", None)
+
+
+def test_the_benchmarks_judge_is_one_spec_defaulting_to_the_shipped_judge(key_collisions) -> None:
+    parser = argparse.ArgumentParser()
+    key_collisions.add_model_and_judge_arguments(parser)
+    assert parser.parse_args([]).judge == "synthfaces64-judge"
+    spec = "run/last.ckpt:config=recipe.yaml"
+    assert parser.parse_args(["--judge", spec]).judge == spec
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--judge_config", "recipe.yaml"])  # the old pair is gone
+
+
+def test_the_judge_encoder_is_the_shipped_judges_identity_encoder(key_collisions) -> None:
+    encoder = key_collisions.judge_encoder("synthfaces64-judge")
+    assert isinstance(encoder, IdentityEncoder) and not encoder.training
+    with torch.no_grad():
+        assert encoder(torch.zeros(2, 3, 64, 64)).shape == (2, encoder.embedding_dim)
+
+
+def test_a_judge_without_an_identity_encoder_is_refused_in_one_line(
+    key_collisions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Detecting(Recognizer):
+        embedding_dim = 4
+
+        def recognize(self, images: torch.Tensor) -> Recognition:
+            return Recognition(torch.zeros(len(images), 4), torch.ones(len(images), dtype=torch.bool))
+
+    monkeypatch.setattr(key_collisions, "build_recognizer", lambda spec: Detecting())
+    with pytest.raises(SystemExit, match="not an EncoderRecognizer") as raised:
+        key_collisions.judge_encoder("detecting")
+    assert "\n" not in str(raised.value)
