@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -119,6 +120,12 @@ def test_grid_variants_and_seeds_give_one_hashed_child_each() -> None:
     ({"name": "../escape"}, "name must be letters"),
     ({"variants": {"same": {"model.flow": "realnvp", "model.key_scheme": "bits"}}},
      "'realnvp/bits' and 'same' give the same recipe"),
+    ({"scoring": {"judge": {"config": "../recognizer.yaml", "ckpt": "j.ckpt"}}},
+     'write recognizer: CKPT:config=RECIPE instead (here recognizer: "j.ckpt:config=../recognizer.yaml")'),
+    ({"scoring": {"judge": {"recognizer": "no-such-judge"}}}, "no recognizer named 'no-such-judge'"),
+    ({"scoring": {"judge": {"recognizer": "j.ckpt"}}}, "needs the recipe it was trained with"),
+    ({"scoring": {"judge": {"recognizer": "synthfaces64-judge", "max_batches": 0}}},
+     "scoring.judge.max_batches must be a positive integer"),
 ])
 def test_bad_specs_fail_with_one_clear_line(
     tmp_path: Path, capsys: pytest.CaptureFixture, changes: dict, message: str
@@ -132,6 +139,45 @@ def test_bad_specs_fail_with_one_clear_line(
     assert cli.main(["sweep", str(path), "--dry_run"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ifadit sweep: error: ") and message in err and "\n" not in err
+
+
+def test_the_judge_is_a_recognizer_spec_built_once_per_spec_and_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ifadit.recognizers import spec as recognizer_spec
+    from ifadit.sweep import child
+    from ifadit.sweep.spec import Judge
+
+    judge = parse_spec(_spec_data(), SPEC).judge
+    # the recipe after config= is looked up beside the spec file, as recipe paths are
+    ckpt, _, recipe = judge.recognizer.partition(":config=")
+    assert ckpt == "outputs/checkpoints/ifadit/conf-recognizer/last.ckpt" and Path(recipe).resolve() == \
+        (CONF / "recognizer.yaml").resolve()
+    assert judge.checkpoint == Path(ckpt) and (judge.split, judge.max_batches) == ("test", 1)
+    shipped = parse_spec(_spec_data(scoring={"judge": {"recognizer": "synthfaces64-judge"}}), SPEC).judge
+    assert shipped == Judge("synthfaces64-judge") and shipped.checkpoint is None
+    # a different judge is a different child
+    hashes = {c.hash for c in parse_spec(_spec_data(), SPEC).combinations()}
+    assert not hashes & {c.hash for c in parse_spec(_spec_data(scoring={"judge": {
+        "recognizer": "synthfaces64-judge"}}), SPEC).combinations()}
+
+    built: list[str] = []
+
+    def build(spec: str) -> torch.nn.Module:
+        built.append(spec)
+        return torch.nn.Linear(1, 1)
+
+    monkeypatch.setattr(recognizer_spec, "build_recognizer", build)
+    monkeypatch.setattr(child, "_JUDGES", {})
+    path = tmp_path / "judge.ckpt"
+    path.write_bytes(b"0")
+    mine = Judge(f"{path}:config={CONF / 'recognizer.yaml'}")
+    first = child._load_judge(mine)
+    assert child._load_judge(mine) is first and built == [mine.recognizer]  # kept for the next child
+    os.utime(path, (1, 1))  # the checkpoint changed (a prerequisite retrained it): built again
+    assert child._load_judge(mine) is not first and len(built) == 2
+    assert child._load_judge(shipped) is child._load_judge(shipped) and built[-1] == "synthfaces64-judge"
+    assert len(built) == 3
 
 
 def test_dry_run_lists_every_child_and_flags_invalid_recipes(capsys: pytest.CaptureFixture) -> None:
@@ -148,6 +194,8 @@ def test_the_benchmark_specs_parse_and_the_cpu_one_builds() -> None:
     """Every child of both benchmark specs parses; the CPU settings that change a component also build
     (init_from cleared; the others differ from ``paper`` in loss weights only, which the parse checks)."""
     cpu = load_spec(REPO / "benchmarks" / "ablations.yaml")
+    assert cpu.judge is not None and cpu.judge.recognizer == "synthfaces64-judge"  # shipped: nothing to train
+    assert [p.config.name for p in cpu.prerequisites] == ["recognizer.yaml", "disentangle.yaml"]
     rows = plan(cpu)
     assert len(rows) == 14 and all(r.problem is None for r in rows), [r.problem for r in rows if r.problem]
     for label in ("paper", "w/o compensator", "realnvp flow", "bits key scheme"):

@@ -135,8 +135,13 @@ def _prune_checkpoints(folder: Path, keep: str) -> None:
 
 @contextlib.contextmanager
 def _on_cpu(module: Any) -> Iterator[None]:
-    """ifadit.evaluation.evaluate_headline conditions the model with CPU key vectors; run it there."""
-    device = next(module.parameters()).device
+    """ifadit.evaluation.evaluate_headline conditions the model with CPU key vectors; run it there (a module
+    without parameters, such as a dlib recognizer, stays where it is)."""
+    parameter = next(module.parameters(), None)
+    if parameter is None:
+        yield
+        return
+    device = parameter.device
     module.cpu()
     try:
         yield
@@ -144,19 +149,20 @@ def _on_cpu(module: Any) -> Iterator[None]:
         module.to(device)
 
 
-_JUDGES: dict[tuple[str, str, float], Any] = {}
+_JUDGES: dict[tuple[str, float | None], Any] = {}
 
 
 def _load_judge(judge: Judge) -> Any:
-    """The judge's task with its checkpoint; kept for the next child of an in-process sweep (one judge,
-    rebuilt only when its recipe or checkpoint file changes)."""
-    key = (str(judge.config), str(judge.ckpt), os.path.getmtime(judge.ckpt))
+    """The judge's recognizer (``ifadit.recognizers.build_recognizer``); kept for the next child of an
+    in-process sweep (one judge, rebuilt only when its spec or the checkpoint file it names changes)."""
+    from ifadit.recognizers.spec import build_recognizer
+
+    checkpoint = judge.checkpoint
+    key = (judge.recognizer, os.path.getmtime(checkpoint) if checkpoint is not None else None)
     if key not in _JUDGES:
-        args = ["--config", str(judge.config), "--model.init_from", "null", "--trainer.logger", "false"]
-        judge_task = cli_main(args, run=False, parser_kwargs={"exit_on_error": False}).model
-        judge_task.load_components(judge.ckpt)
+        recognizer = build_recognizer(judge.recognizer).eval()
         _JUDGES.clear()
-        _JUDGES[key] = judge_task
+        _JUDGES[key] = recognizer
     return _JUDGES[key]
 
 
@@ -171,14 +177,14 @@ def judge_child(
 
     if task.model is None or not task.model.keyed:
         raise ValueError("the judge scores flow-phase models only (phase flow or joint)")
-    judge_task = _load_judge(judge)
+    recognizer = _load_judge(judge)
     datamodule.setup("test" if judge.split == "test" else "validate")
     loader = datamodule.test_dataloader() if judge.split == "test" else datamodule.val_dataloader()
     batches = itertools.islice(loader, judge.max_batches) if judge.max_batches else loader
     secret = SecretKey.generate()
-    with tempfile.TemporaryDirectory() as tmp, _on_cpu(task), _on_cpu(judge_task):
+    with tempfile.TemporaryDirectory() as tmp, _on_cpu(task), _on_cpu(recognizer):
         grid = Path(tmp) / "grid.png"
-        scores = evaluate_headline(task.model, judge_task.identity_encoder, batches, secret, grid_path=grid)
+        scores = evaluate_headline(task.model, recognizer, batches, secret, grid_path=grid)
         if grid.exists():
             client.log_artifact(run_id, str(grid), "judge")
     # the image count and the key's fingerprint describe the scoring, they are not scores

@@ -17,7 +17,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +136,10 @@ def format_plan(spec: SweepSpec, rows: Sequence[PlanRow]) -> str:
         state = "exists" if pre.creates.exists() else "will be trained"
         lines.append(f"  prerequisite {pre.config} -> {pre.creates} ({state})")
     if spec.judge:
-        lines.append(f"  judge {spec.judge.config} {spec.judge.ckpt}"
-                     f"{'' if spec.judge.ckpt.exists() else ' (missing now: a prerequisite must create it)'}")
+        ckpt = spec.judge.checkpoint
+        missing = ckpt is not None and not ckpt.exists()
+        lines.append(f"  judge {spec.judge.recognizer}"
+                     f"{' (missing now: a prerequisite must create it)' if missing else ''}")
     width = max((len(r.combination.run_name) for r in rows), default=0)
     for i, row in enumerate(rows, 1):
         combo = row.combination
@@ -151,10 +153,7 @@ def format_plan(spec: SweepSpec, rows: Sequence[PlanRow]) -> str:
 
 
 def _job(spec: SweepSpec, combo: Combination, run_id: str, uri: str, work_dir: Path) -> ChildJob:
-    judge = None
-    if spec.judge is not None:
-        judge = {"config": str(spec.judge.config), "ckpt": str(spec.judge.ckpt), "split": spec.judge.split,
-                 "max_batches": spec.judge.max_batches}
+    judge = asdict(spec.judge) if spec.judge is not None else None
     return ChildJob(run_id=run_id, tracking_uri=uri, experiment=spec.experiment, config=combo.config,
                     work_dir=str(work_dir / combo.slug), stage=spec.scoring_stage, judge=judge,
                     keep_checkpoints=spec.keep_checkpoints)
@@ -215,9 +214,10 @@ def _run(spec: SweepSpec, options: SweepOptions, client: MlflowClient, uri: str,
     try:
         for i, line in enumerate(run_prerequisites(spec, options, uri, not parallel, work_dir)):
             client.set_tag(parent_id, f"ifadit.sweep.prerequisite.{i}", line)
-        if spec.judge is not None and not spec.judge.ckpt.exists():
+        judge_ckpt = spec.judge.checkpoint if spec.judge is not None else None
+        if judge_ckpt is not None and not judge_ckpt.exists():
             # every child would train and then fail at scoring: stop before any training
-            raise SweepError(f"the judge checkpoint {spec.judge.ckpt} does not exist and no prerequisite "
+            raise SweepError(f"the judge checkpoint {judge_ckpt} does not exist and no prerequisite "
                              "created it")
     except SweepError as exc:
         client.set_tag(parent_id, "ifadit.sweep.error", str(exc)[:500])

@@ -13,7 +13,7 @@ A spec is YAML (see ``benchmarks/ablations.yaml``)::
       ablation: {full: {}, no-privacy: {model.losses.anonymity: 0}}
     variants: {single-phase: {model.phase: joint}}   # extra children, each alone (not crossed)
     seeds: [0, 1]                         # seed_everything; every setting runs once per seed
-    scoring: {stage: test, judge: {config: J.yaml, ckpt: J.ckpt, max_batches: 25}}
+    scoring: {stage: test, judge: {recognizer: synthfaces64-judge, max_batches: 25}}
     summary: {metrics: ["test/*", "judge/*"], exclude: ["*/pairs"], families: {anonymity: "anon|privacy"}}
     keep_checkpoints: last                # last | all | none, per child once it is scored
 
@@ -21,9 +21,10 @@ Overrides (dotted keys, component switches by class name) are merged as :mod:`if
 describes.
 
 Paths in a spec are read relative to the current folder, as in recipes; a recipe path (``base``, a
-prerequisite's or the judge's ``config``) that does not exist there is looked up beside the spec file and then
-in the folders above it, so ``benchmarks/x.yaml`` may name ``recipes/...`` and ``tests/conf/x.yaml`` may name
-``flow.yaml``. Outputs (``creates``, checkpoints) always go under the current folder.
+prerequisite's ``config``, the ``config=`` of a judge ``CKPT:config=RECIPE``) that does not exist there is
+looked up beside the spec file and then in the folders above it, so ``benchmarks/x.yaml`` may name
+``recipes/...`` and ``tests/conf/x.yaml`` may name ``flow.yaml``. Outputs (``creates``, checkpoints) always
+go under the current folder.
 """
 
 from __future__ import annotations
@@ -105,12 +106,23 @@ class Prerequisite:
 
 @dataclass(frozen=True)
 class Judge:
-    """A recognizer trained apart that scores every child (``ifadit.evaluation.evaluate_headline``)."""
+    """A recognizer trained apart that scores every child (``ifadit.evaluation.evaluate_headline``).
 
-    config: Path
-    ckpt: Path
+    ``recognizer`` is a spec as ``ifadit.recognizers.build_recognizer`` reads it: a registered name (the
+    shipped ``synthfaces64-judge``) or ``CKPT:config=RECIPE``, a recognizer checkpoint ifadit trained and
+    its recipe."""
+
+    recognizer: str
     split: str = "test"
     max_batches: int | None = None
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """The checkpoint file the spec names, if it names one (it may not exist before the prerequisites)."""
+        from ifadit.recognizers.spec import is_checkpoint_path, parse_recognizer_spec
+
+        head, _ = parse_recognizer_spec(self.recognizer)
+        return Path(head) if is_checkpoint_path(head) else None
 
 
 @dataclass
@@ -246,6 +258,67 @@ def _axis_values(axis: str, values: Any) -> list[tuple[str, dict[str, Any]]]:
     raise SweepSpecError(f"grid.{axis} must be a mapping {{label: overrides}} or a list of values")
 
 
+_JUDGE_KEYS = ("recognizer", "split", "max_batches")
+_RECOGNIZER_ARGS = re.compile(r"^(?P<head>.+?):(?P<args>[A-Za-z_]\w*=.*)$")  # as ifadit.recognizers.spec
+
+
+def _judge_recognizer(spec: Any, spec_dir: Path | None) -> str:
+    """The judge's recognizer spec, checked without building anything, with the ``config=`` recipe of a
+    checkpoint looked up as recipe paths are (beside the spec file and above)."""
+    from ifadit import registry
+    from ifadit.recognizers.spec import is_checkpoint_path, parse_recognizer_spec
+
+    if not isinstance(spec, str) or not spec.strip():
+        raise SweepSpecError(
+            f"scoring.judge.recognizer must be a recognizer name or CKPT:config=RECIPE, got {spec!r}"
+        )
+    spec = spec.strip()
+    try:
+        head, kwargs = parse_recognizer_spec(spec)
+    except ValueError as exc:
+        raise SweepSpecError(f"scoring.judge.recognizer: {exc}") from None
+    if head in registry.available("recognizers"):
+        return spec
+    if not is_checkpoint_path(head):
+        names = ", ".join(registry.available("recognizers")) or "(none)"
+        raise SweepSpecError(f"scoring.judge.recognizer: no recognizer named {head!r} and no such checkpoint "
+                             f"file (a checkpoint ends in .ckpt); registered: {names}")
+    if "config" not in kwargs and "identity_encoder" not in kwargs:
+        raise SweepSpecError(f"scoring.judge.recognizer: the checkpoint {head} needs the recipe it was "
+                             f"trained with: '{head}:config=RECIPE.yaml'")
+    config = kwargs.get("config")
+    if not isinstance(config, str):
+        return spec
+    resolved = str(_resolve(config, spec_dir, "scoring.judge.recognizer config"))
+    if resolved == config:
+        return spec
+    match = _RECOGNIZER_ARGS.match(spec)
+    assert match is not None  # kwargs were parsed from it
+    items = [f"config={resolved}" if item.partition("=")[0].strip() == "config" else item
+             for item in match["args"].split(",")]
+    return f"{match['head']}:{','.join(items)}"
+
+
+def _judge(j: dict[str, Any], spec_dir: Path | None) -> Judge:
+    if {"config", "ckpt"} & set(j):
+        here = (f' (here recognizer: "{j["ckpt"]}:config={j["config"]}")'
+                if isinstance(j.get("ckpt"), str) and isinstance(j.get("config"), str) else "")
+        raise SweepSpecError("scoring.judge no longer takes config and ckpt: write "
+                             f"recognizer: CKPT:config=RECIPE instead{here}, or "
+                             "recognizer: synthfaces64-judge for the shipped judge")
+    if "recognizer" not in j or set(j) - set(_JUDGE_KEYS):
+        raise SweepSpecError(
+            f"scoring.judge takes recognizer (required), split, max_batches; got {sorted(j)}"
+        )
+    split = j.get("split", "test")
+    if split not in ("test", "val"):
+        raise SweepSpecError(f"scoring.judge.split must be test or val, got {split!r}")
+    max_batches = j.get("max_batches")
+    if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
+        raise SweepSpecError(f"scoring.judge.max_batches must be a positive integer, got {max_batches!r}")
+    return Judge(_judge_recognizer(j["recognizer"], spec_dir), split, max_batches)
+
+
 def parse_spec(data: Any, path: Path | None = None, text: str = "", name: str | None = None) -> SweepSpec:
     """A :class:`SweepSpec` from YAML-loaded data; every error is one line naming the key."""
     source = str(path) if path else "sweep spec"
@@ -294,19 +367,7 @@ def parse_spec(data: Any, path: Path | None = None, text: str = "", name: str | 
         raise SweepSpecError(f"scoring.stage must be one of {SCORING_STAGES}, got {stage!r}")
     judge = None
     if scoring.get("judge") is not None:
-        j = _mapping(scoring["judge"], "scoring.judge")
-        if {"config", "ckpt"} - set(j) or set(j) - {"config", "ckpt", "split", "max_batches"}:
-            raise SweepSpecError(
-                f"scoring.judge takes config, ckpt (required), split, max_batches; got {sorted(j)}"
-            )
-        split = j.get("split", "test")
-        if split not in ("test", "val"):
-            raise SweepSpecError(f"scoring.judge.split must be test or val, got {split!r}")
-        max_batches = j.get("max_batches")
-        if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
-            raise SweepSpecError(f"scoring.judge.max_batches must be a positive integer, got {max_batches!r}")
-        judge = Judge(_resolve(j["config"], spec_dir, "scoring.judge.config"),
-                      _resolve(j["ckpt"], None, "scoring.judge.ckpt", must_exist=False), split, max_batches)
+        judge = _judge(_mapping(scoring["judge"], "scoring.judge"), spec_dir)
     summary = _mapping(data.get("summary"), "summary")
     if set(summary) - {"metrics", "exclude", "families"}:
         raise SweepSpecError(f"summary takes metrics, exclude and families, got {sorted(summary)}")
