@@ -422,7 +422,7 @@ def test_a_failed_child_is_recorded_and_the_others_finish(
                       grid={"flow": {"broken": {"model.flow.init_args.clamp": -1.0}, "allinone": {}}})
     data["base"] = str(CONF / "flow.yaml")
     for item in data["prerequisites"]:
-        item["config"] = str(CONF / item["config"])
+        item["config"] = str((SPEC.parent / item["config"]).resolve())
     data["scoring"] = {"stage": "test"}
     path = work / "failure.yaml"
     path.write_text(yaml.safe_dump(data))
