@@ -19,12 +19,17 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture()
-def keys_benchmark(monkeypatch: pytest.MonkeyPatch):
+def benchmarks_path(monkeypatch: pytest.MonkeyPatch):
+    """benchmarks/ importable for one test; its scripts forgotten afterwards (keys imports key_collisions)."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    module = importlib.import_module("keys")
-    yield module
-    sys.modules.pop("keys", None)
-    sys.modules.pop("key_collisions", None)  # imported by keys
+    yield
+    for module in ("keys", "key_collisions"):
+        sys.modules.pop(module, None)
+
+
+@pytest.fixture()
+def keys_benchmark(benchmarks_path):
+    return importlib.import_module("keys")
 
 
 def test_the_keys_table_scores_every_key_and_every_ordered_pair(keys_benchmark) -> None:
@@ -54,11 +59,8 @@ def test_the_keys_table_scores_every_key_and_every_ordered_pair(keys_benchmark) 
 
 
 @pytest.fixture()
-def key_collisions(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    module = importlib.import_module("key_collisions")
-    yield module
-    sys.modules.pop("key_collisions", None)
+def key_collisions(benchmarks_path):
+    return importlib.import_module("key_collisions")
 
 
 def test_the_benchmarks_judge_is_one_spec_defaulting_to_the_shipped_judge(key_collisions) -> None:
