@@ -37,6 +37,16 @@ def parse_recognizer_spec(spec: str) -> tuple[str, dict[str, object]]:
     return head, parsed
 
 
+def replace_recognizer_argument(spec: str, key: str, value: str) -> str:
+    """``spec`` with the value of its existing ``key=`` argument replaced (the rest kept as written)."""
+    match = _ARGS.match(spec.strip())
+    if match is None:
+        raise ValueError(f"recognizer spec {spec!r} has no arguments")
+    items = [f"{key}={value}" if item.partition("=")[0].strip() == key else item
+             for item in match["args"].split(",")]
+    return f"{match['head']}:{','.join(items)}"
+
+
 def is_checkpoint_path(head: str) -> bool:
     return head.endswith(".ckpt") or Path(head).is_file()
 

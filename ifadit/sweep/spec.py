@@ -259,14 +259,13 @@ def _axis_values(axis: str, values: Any) -> list[tuple[str, dict[str, Any]]]:
 
 
 _JUDGE_KEYS = ("recognizer", "split", "max_batches")
-_RECOGNIZER_ARGS = re.compile(r"^(?P<head>.+?):(?P<args>[A-Za-z_]\w*=.*)$")  # as ifadit.recognizers.spec
 
 
 def _judge_recognizer(spec: Any, spec_dir: Path | None) -> str:
     """The judge's recognizer spec, checked without building anything, with the ``config=`` recipe of a
     checkpoint looked up as recipe paths are (beside the spec file and above)."""
     from ifadit import registry
-    from ifadit.recognizers.spec import is_checkpoint_path, parse_recognizer_spec
+    from ifadit.recognizers.spec import is_checkpoint_path, parse_recognizer_spec, replace_recognizer_argument
 
     if not isinstance(spec, str) or not spec.strip():
         raise SweepSpecError(
@@ -292,11 +291,7 @@ def _judge_recognizer(spec: Any, spec_dir: Path | None) -> str:
     resolved = str(_resolve(config, spec_dir, "scoring.judge.recognizer config"))
     if resolved == config:
         return spec
-    match = _RECOGNIZER_ARGS.match(spec)
-    assert match is not None  # kwargs were parsed from it
-    items = [f"config={resolved}" if item.partition("=")[0].strip() == "config" else item
-             for item in match["args"].split(",")]
-    return f"{match['head']}:{','.join(items)}"
+    return replace_recognizer_argument(spec, "config", resolved)
 
 
 def _judge(j: dict[str, Any], spec_dir: Path | None) -> Judge:
