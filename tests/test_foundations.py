@@ -1,6 +1,7 @@
 """The foundations road: the render phase, phase 1's W+ targets, and shipped safetensors loaded by name."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -149,9 +150,10 @@ def test_foundation_recipes_run_a_fast_dev_run(recipe: Path, tmp_path: Path, mon
 SHIPPED_ENTRIES = json.loads(weights.SHIPPED_MANIFEST.read_text())
 
 
-def test_the_package_ships_the_judge() -> None:
-    assert "synthfaces64-judge" in SHIPPED_ENTRIES
-    assert MANIFEST["synthfaces64-judge"].shipped
+@pytest.mark.parametrize("name", ["synthfaces64-judge", "synthfaces64-identity-encoder"])
+def test_the_package_ships_the_judge_and_the_identity_encoder(name: str) -> None:
+    assert name in SHIPPED_ENTRIES
+    assert MANIFEST[name].shipped
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED_ENTRIES))
@@ -177,14 +179,30 @@ def test_the_registered_judge_is_the_network_its_recipe_trains() -> None:
     assert spec["class_path"] == "timm" and spec["init_args"] == SHIPPED_JUDGE_ENCODER
 
 
-def test_the_shipped_judge_tells_unseen_synthfaces_identities_apart(tmp_path: Path) -> None:
-    """Identities of another data seed than the judge trained on: each image's nearest other image is the
-    same person's, and same-person cosines sit far above different-person ones (a random network fails)."""
+def _shipped_judge() -> Callable[[torch.Tensor], torch.Tensor]:
+    judge = build_recognizer("synthfaces64-judge")
+    return lambda images: judge(images).embeddings
+
+
+def _quickstart_identity_encoder() -> torch.nn.Module:
+    """The identity encoder exactly as the quickstart recipes build it (the shipped weights, by name)."""
+    recipe = yaml.safe_load((ROOT / "recipes/quickstart/disentangle.yaml").read_text())
+    spec = recipe["model"]["identity_encoder"]
+    assert spec["init_args"]["checkpoint"] == "synthfaces64-identity-encoder"
+    return registry.create("identity_encoders", spec["class_path"], **spec["init_args"]).eval()
+
+
+@pytest.mark.parametrize("build", [_shipped_judge, _quickstart_identity_encoder],
+                         ids=["judge", "identity-encoder"])
+def test_a_shipped_recognizer_tells_unseen_synthfaces_identities_apart(build, tmp_path: Path) -> None:
+    """Identities of another data seed than the foundations trained on: each image's nearest other image
+    is the same person's, and same-person cosines sit far above different-person ones (a random network
+    fails)."""
     faces = SynthFaces(tmp_path, "test", size=64, num_identities=100, images_per_identity=3, seed=7)
     images, labels = faces.images.float().div(127.5).sub(1.0), faces.identity_labels
-    judge = build_recognizer("synthfaces64-judge")
+    embed = build()
     with torch.no_grad():
-        embeddings = torch.nn.functional.normalize(judge(images).embeddings, dim=1)
+        embeddings = torch.nn.functional.normalize(embed(images), dim=1)
     cos = embeddings @ embeddings.T
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool)

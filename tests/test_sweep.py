@@ -195,7 +195,7 @@ def test_the_benchmark_specs_parse_and_the_cpu_one_builds() -> None:
     (init_from cleared; the others differ from ``paper`` in loss weights only, which the parse checks)."""
     cpu = load_spec(REPO / "benchmarks" / "ablations.yaml")
     assert cpu.judge is not None and cpu.judge.recognizer == "synthfaces64-judge"  # shipped: nothing to train
-    assert [p.config.name for p in cpu.prerequisites] == ["recognizer.yaml", "disentangle.yaml"]
+    assert [p.config.name for p in cpu.prerequisites] == ["disentangle.yaml"]  # the identity encoder ships
     rows = plan(cpu)
     assert len(rows) == 14 and all(r.problem is None for r in rows), [r.problem for r in rows if r.problem]
     for label in ("paper", "w/o compensator", "realnvp flow", "bits key scheme"):

@@ -2,7 +2,7 @@
 
 ``synthfaces64-judge`` (the judge shipped with ifadit), ``dlib``,
 ``arcface_irse50:checkpoint=/w/model_ir_se50.pth``, and
-``outputs/checkpoints/ifadit/quickstart-recognizer/last.ckpt:config=recipes/quickstart/recognizer.yaml`` (a
+``outputs/checkpoints/ifadit/foundations-judge/last.ckpt:config=recipes/foundations/judge.yaml`` (a
 checkpoint ifadit trained: the ``synthfaces`` recognizer, built from the recipe it was trained with).
 Values are read as YAML scalars (``threshold=0.4`` is a float).
 """
