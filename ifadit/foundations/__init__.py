@@ -10,6 +10,7 @@ trained by a recipe in ``recipes/foundations/`` and exported here by ``python -m
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,8 @@ class Foundation:
     prefix: str  # the component's key prefix in the Lightning checkpoint
     recipe: str
     description: str
+    # the renderer's pair ships with its W+ codes standardized (ifadit.training.render.standardize_codes)
+    standardized_codes: bool = False
 
 
 FOUNDATIONS: tuple[Foundation, ...] = (
@@ -42,12 +45,14 @@ FOUNDATIONS: tuple[Foundation, ...] = (
     ),
     Foundation(
         "synthfaces64-generator", "foundations-renderer", "generator.", "recipes/foundations/renderer.yaml",
-        "StyleGAN2 generator, 64 px, style_dim 128, trained as a SynthFaces renderer",
+        "StyleGAN2 generator, 64 px, style_dim 128, trained as a SynthFaces renderer (standardized W+)",
+        standardized_codes=True,
     ),
     Foundation(
         "synthfaces64-parameter-mapper", "foundations-renderer", "parameter_mapper.",
         "recipes/foundations/renderer.yaml",
-        "the renderer's parameter mapper: 86 SynthFaces parameters -> W+ (10 x 128)",
+        "the renderer's parameter mapper: 86 SynthFaces parameters -> standardized W+ (10 x 128)",
+        standardized_codes=True,
     ),
 )
 
@@ -64,6 +69,8 @@ def export(
     state = state.get("state_dict", state) if isinstance(state, dict) else None
     if not isinstance(state, dict):
         raise WeightsError(f"{checkpoint} holds no state dict")
+    if foundation.standardized_codes:
+        state = standardized_renderer_state(state, foundation.recipe)
     tensors = {
         key[len(foundation.prefix) :]: (value.to(dtype) if value.is_floating_point() else value).contiguous()
         for key, value in state.items()
@@ -80,6 +87,22 @@ def export(
         "description": foundation.description,
         "recipe": foundation.recipe,
     }
+
+
+def standardized_renderer_state(state: dict[str, torch.Tensor], recipe: str) -> dict[str, torch.Tensor]:
+    """A render run's state with its W+ codes standardized over the recipe's training faces: the recipe
+    builds the generator, the parameter mapper and the data exactly as training did."""
+    from ifadit.lightning_cli import cli_main  # the CLI sits above this module; only export needs it
+    from ifadit.training.render import standardize_codes
+
+    with warnings.catch_warnings():  # the args are meant: `python -m ifadit.foundations` has argv of its own
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = cli_main(["--config", recipe, "--trainer.logger", "false"], run=False)
+    task, data = cli.model, cli.datamodule
+    task.load_state_dict(state)
+    data.setup("fit")
+    standardize_codes(task.generator, task.parameter_mapper, data.datasets["train"].parameters.float())
+    return task.state_dict()
 
 
 def update_manifest(entries: dict[str, dict[str, str]], manifest: Path = SHIPPED_MANIFEST) -> None:

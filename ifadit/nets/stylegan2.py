@@ -168,6 +168,16 @@ class StyleGAN2Generator(Generator):
             latent_avg = self.latent_avg
         return latent_avg + psi * (w - latent_avg)
 
+    def style_inputs(self) -> list[tuple[int, EqualLinear]]:
+        """Every affine style layer with the W+ row it reads, in ``forward``'s order: the only way W+
+        reaches the image, so an affine change of a row's codes can be folded into these layers."""
+        pairs = [(0, self.conv1.conv.modulation), (1, self.to_rgb1.conv.modulation)]
+        for level, to_rgb in enumerate(self.to_rgbs):
+            i = 2 * level + 1
+            up, conv = self.convs[2 * level], self.convs[2 * level + 1]
+            pairs += [(i, up.conv.modulation), (i + 1, conv.conv.modulation), (i + 2, to_rgb.conv.modulation)]
+        return pairs
+
     # -- synthesis ---------------------------------------------------------------------------------
 
     def make_noise(self, batch: int = 1, generator: torch.Generator | None = None) -> list[Tensor]:
