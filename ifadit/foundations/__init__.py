@@ -10,14 +10,25 @@ trained by a recipe in ``recipes/foundations/`` and exported here by ``python -m
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
 import torch
+import yaml
 
-from ifadit.weights import SHIPPED_DIR, SHIPPED_MANIFEST, WeightsError, load_checkpoint, sha256_of
+from ifadit import registry
+from ifadit.data.datamodule import FaceDataModule
+from ifadit.training.render import standardize_codes
+from ifadit.weights import (
+    SHIPPED_DIR,
+    SHIPPED_MANIFEST,
+    WeightsError,
+    load_checkpoint,
+    load_state_dict_by_name,
+    sha256_of,
+    strip_prefix,
+)
 
 
 @dataclass(frozen=True)
@@ -90,19 +101,20 @@ def export(
 
 
 def standardized_renderer_state(state: dict[str, torch.Tensor], recipe: str) -> dict[str, torch.Tensor]:
-    """A render run's state with its W+ codes standardized over the recipe's training faces: the recipe
-    builds the generator, the parameter mapper and the data exactly as training did."""
-    from ifadit.lightning_cli import cli_main  # the CLI sits above this module; only export needs it
-    from ifadit.training.render import standardize_codes
-
-    with warnings.catch_warnings():  # the args are meant: `python -m ifadit.foundations` has argv of its own
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = cli_main(["--config", recipe, "--trainer.logger", "false"], run=False)
-    task, data = cli.model, cli.datamodule
-    task.load_state_dict(state)
+    """A render run's state with its W+ codes standardized over the recipe's training faces: the generator,
+    the parameter mapper and the data are built from the recipe exactly as training built them."""
+    config = yaml.safe_load(Path(recipe).read_text())
+    parts = {}
+    for prefix, group in (("generator.", "generators"), ("parameter_mapper.", "mappers")):
+        spec = config["model"][prefix.rstrip(".")]
+        parts[prefix] = registry.create(group, spec["class_path"], **spec.get("init_args", {}))
+        load_state_dict_by_name(parts[prefix], strip_prefix(state, prefix), what=f"{recipe} run, {prefix}")
+    data = FaceDataModule(**config["data"])
     data.setup("fit")
-    standardize_codes(task.generator, task.parameter_mapper, data.datasets["train"].parameters.float())
-    return task.state_dict()
+    parameters = data.datasets["train"].parameters.float()
+    standardize_codes(parts["generator."], parts["parameter_mapper."], parameters)
+    standardized = {prefix + k: v for prefix, part in parts.items() for k, v in part.state_dict().items()}
+    return {**state, **standardized}
 
 
 def update_manifest(entries: dict[str, dict[str, str]], manifest: Path = SHIPPED_MANIFEST) -> None:
