@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml $(PLUGINS)
 quickstart: $(STAMP)
 	IFADIT=$(VENV)/bin/ifadit OUT=$(OUT) bash recipes/quickstart/run.sh
 
-# The pretrained SynthFaces foundations the quickstart stands on (identity encoder, judge, renderer), trained
-# from scratch and exported into ifadit/foundations/ (hours on a CPU; rerun to resume). They ship with ifadit.
+# The pretrained SynthFaces foundations the quickstart stands on (identity encoder, judge, renderer, phase 1),
+# trained from scratch and exported into ifadit/foundations/ (hours on a CPU; rerun to resume). They ship with
+# ifadit.
 foundations: $(STAMP)
 	IFADIT=$(VENV)/bin/ifadit PY=$(PY) bash recipes/foundations/run.sh
 

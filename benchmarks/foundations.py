@@ -12,7 +12,9 @@ the faces every quickstart number is measured on):
   parameters, fitted on the quickstart's training identities (also unseen by the foundations) and scored
   (R²) on the test identities.
 - the renderer (generator + parameter mapper): PSNR and SSIM of ``G(P(parameters))`` against the rendered
-  image, and the judge's cosine between the two.
+  image, and the judge's cosine between the two;
+- phase 1 (attribute encoder + mapper on the identity encoder and the renderer): the same for the
+  reconstruction ``G(M(E_id(x), E_attr(x)))`` of the image alone, without its parameters.
 
 Run: ``OMP_NUM_THREADS=2 python benchmarks/foundations.py --out benchmarks/results/foundations.md``
 (defaults: the foundation runs' last checkpoints under outputs/checkpoints/ifadit; ``--shipped`` scores the
@@ -105,7 +107,8 @@ def _foundation_task(recipe: str, shipped: bool) -> torch.nn.Module:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shipped", action="store_true", help="score the shipped files, not the runs")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["identity-encoder", "judge", "renderer"],
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["identity-encoder", "judge", "renderer", "phase1"],
                         help="foundations not to score (e.g. one still training)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
@@ -141,19 +144,29 @@ def main() -> None:
         lines.append(f"| {name} | {v['genuine']:.3f} | {v['impostor']:.3f} | {100 * v['eer']:.2f} % | "
                      f"{v['dims_90']} | {v['participation']:.1f} | {int((r2 >= 0.5).sum())} of {len(r2)} "
                      f"| {worst} |")
+    rows = []
     if "renderer" not in args.skip:
         renderer = _foundation_task("renderer", args.shipped)
         mapper, generator = renderer.parameter_mapper, renderer.generator
         with torch.no_grad():
-            renders = torch.cat([generator(mapper(p)) for p in test.parameters.split(100)]).clamp(-1, 1)
+            renders = torch.cat([generator(mapper(p)) for p in test.parameters.split(100)])
+        rows.append(("renderer: G(P(parameters))", renders))
+    if "phase1" not in args.skip:
+        model = _foundation_task("disentangle", args.shipped).model
+        with torch.no_grad():
+            renders = torch.cat([model.reconstruct(part) for part in images.split(100)])
+        rows.append(("phase 1: G(M(E_id(x), E_attr(x)))", renders))
+    if rows:
+        lines += ["", "| on unseen identities | PSNR | SSIM | judge cos (render, image) |",
+                  "|---|---:|---:|---:|"]
+    for row, renders in rows:
+        renders = renders.clamp(-1, 1)
         psnr = kornia.metrics.psnr((renders + 1) / 2, (images + 1) / 2, 1.0).item()
         ssim = kornia.metrics.ssim((renders + 1) / 2, (images + 1) / 2, 7).mean().item()
-        lines += ["", "| renderer on unseen identities | PSNR | SSIM | judge cos (render, image) |",
-                  "|---|---:|---:|---:|"]
         cos = "–"
         if judge is not None:
             cos = f"{F.cosine_similarity(embed(judge, renders), embed(judge, images)).mean().item():.3f}"
-        lines.append(f"| G(P(parameters)) | {psnr:.2f} dB | {ssim:.3f} | {cos} |")
+        lines.append(f"| {row} | {psnr:.2f} dB | {ssim:.3f} | {cos} |")
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -65,6 +65,16 @@ FOUNDATIONS: tuple[Foundation, ...] = (
         "the renderer's parameter mapper: 86 SynthFaces parameters -> standardized W+ (10 x 128)",
         standardized_codes=True,
     ),
+    Foundation(
+        "synthfaces64-attribute-encoder", "foundations-disentangle", "model.attribute_encoder.",
+        "recipes/foundations/disentangle.yaml",
+        "phase-1 attribute encoder E_attr: ResNet-10t, 10 x 128 style codes for the SynthFaces renderer",
+    ),
+    Foundation(
+        "synthfaces64-mapper", "foundations-disentangle", "model.mapper.",
+        "recipes/foundations/disentangle.yaml",
+        "phase-1 latent mapper M: identity (128) + style codes -> the renderer's standardized W+",
+    ),
 )
 
 

@@ -45,6 +45,7 @@ class LatentMapper(nn.Module):
     shared by all styles as in the official code, maps every (identity ‖ attribute) row to a W code.
     ``layout_tokens``: rows after the styles (an attribute encoder's spatial layout) pass through as they are:
     the identity reaches the image through W alone.
+    ``checkpoint``: a manifest name or a path of a state dict of this class (a shipped phase-1 mapper).
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class LatentMapper(nn.Module):
         w_dim: int | None = None,
         negative_slope: float = NEGATIVE_SLOPE,
         layout_tokens: int = 0,
+        checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         if layout_tokens and w_dim not in (None, style_dim):
@@ -66,6 +68,8 @@ class LatentMapper(nn.Module):
         self.n_styles = n_styles
         self.w_dim = style_dim if w_dim is None else w_dim
         self.model = _leaky_mlp((id_dim + style_dim, hidden, self.w_dim), negative_slope)
+        if checkpoint is not None:
+            load_component_checkpoint(self, checkpoint)
 
     def forward(self, identity: Tensor, attributes: Tensor) -> Tensor:
         """``identity`` (B, id_dim) or already broadcast (B, n_styles, id_dim); ``attributes``

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# make foundations: train the SynthFaces foundations (identity encoder, judge, renderer) and export them as
-# safetensors into ifadit/foundations/ with their sha256 in its manifest.json. Each fit resumes its own run
+# make foundations: train the SynthFaces foundations (identity encoder, judge, renderer, then phase 1 on them)
+# and export them as safetensors into ifadit/foundations/ with their sha256 in its manifest.json. Each fit resumes its own run
 # from last.ckpt when one exists, so the chain can be stopped and rerun across sittings; a finished run is
 # only exported again.
 set -euo pipefail
@@ -21,5 +21,9 @@ start=$(date +%s)
 fit recognizer
 fit judge
 fit renderer
-"$PY" -m ifadit.foundations
+# phase 1 loads the identity encoder and the renderer by name, so they are exported before it trains
+"$PY" -m ifadit.foundations synthfaces64-identity-encoder synthfaces64-judge synthfaces64-generator \
+  synthfaces64-parameter-mapper
+fit disentangle
+"$PY" -m ifadit.foundations synthfaces64-attribute-encoder synthfaces64-mapper
 echo "foundations: $(( $(date +%s) - start )) s wall; score them: $PY benchmarks/foundations.py --shipped"
