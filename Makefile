@@ -31,10 +31,11 @@ demo: $(STAMP)
 	$(VENV)/bin/ifadit keygen outputs/demo/demo.key
 	$(VENV)/bin/ifadit demo --config recipes/quickstart/flow_demo.yaml --key outputs/demo/demo.key --out outputs/demo
 
-# pytest includes tests/test_docs.py: a strict build of the docs site (a broken link fails the tests).
+# pytest includes tests/test_docs.py: a strict build of the docs site (a broken link fails the tests). Two
+# pytest-xdist workers, one test file each at a time (a file's tests share its fixtures and services).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2 --dist loadfile
 
 # The docs site (mkdocs.yml, docs/) into outputs/site/; `$(VENV)/bin/mkdocs serve` previews it.
 docs: $(STAMP)
