@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The quickstart chain on SynthFaces 64 px, CPU: phase 1 and phase 2 on top of the shipped foundations (the
-# identity encoder synthfaces64-identity-encoder and the renderer synthfaces64-generator, both frozen), the
+# identity encoder synthfaces64-identity-encoder and the renderer synthfaces64-generator, both frozen; phase 1
+# fine-tunes the shipped synthfaces64-attribute-encoder and synthfaces64-mapper), the
 # compensator on the finished flow, then a fresh random key, unchecked,
 # anonymizes and recovers the held-out test identities, scored by the judge shipped with ifadit
 # (synthfaces64-judge: trained apart, on other identities, by recipes/foundations/judge.yaml; it never trains
@@ -16,7 +17,7 @@ start=$(date +%s)
 rm -rf "$OUT"
 mkdir -p "$OUT"
 
-echo "== 1/4 phase 1: attribute encoder and mapper against the shipped renderer =="
+echo "== 1/4 phase 1: the shipped attribute encoder and mapper, fine-tuned against the shipped renderer =="
 # The recipe's bf16 autocast is 1.2x faster than float32 on a CPU with native bf16 (AVX512-BF16 or AMX) and
 # about 12x slower where bf16 is emulated (an AVX2-only CPU: 6.6 s against 0.5 s a step): float32 there.
 precision=()
