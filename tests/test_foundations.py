@@ -8,6 +8,7 @@ import pytest
 import safetensors.torch
 import torch
 import yaml
+from torch import Tensor
 
 from ifadit import registry, weights
 from ifadit.data.synthfaces import SynthFaces
@@ -260,6 +261,22 @@ def test_a_shipped_recognizer_tells_unseen_synthfaces_identities_apart(build, tm
     assert cos[same & ~eye].mean() - cos[~same].mean() > 0.5
 
 
+def _unseen_faces(folder: Path) -> SynthFaces:
+    """20 test faces of a data seed no foundation trained on."""
+    return SynthFaces(folder, "test", size=64, num_identities=100, images_per_identity=2, seed=7)
+
+
+def _judged(renders: Tensor, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per face: PSNR of its render, the judge's cosine of the render to its own image, and the row of
+    cosines of the render to the other images (NaN on its own)."""
+    judge = _shipped_judge()
+    with torch.no_grad():
+        unit = [torch.nn.functional.normalize(judge(x), dim=1) for x in (renders, images)]
+    cos = unit[0] @ unit[1].T
+    psnr = 10 * torch.log10(4 / (renders - images).pow(2).mean(dim=(1, 2, 3)))
+    return psnr, cos.diagonal(), cos.masked_fill(torch.eye(len(cos), dtype=torch.bool), float("nan"))
+
+
 def test_the_shipped_renderer_redraws_unseen_synthfaces_identities(tmp_path: Path) -> None:
     """The generator and parameter mapper exactly as the quickstart's phase 1 names them: rendered from
     their parameters, faces of another data seed come out close to the pictures (a random renderer gives
@@ -272,17 +289,13 @@ def test_the_shipped_renderer_redraws_unseen_synthfaces_identities(tmp_path: Pat
     assert specs["mappers"]["init_args"]["checkpoint"] == "synthfaces64-parameter-mapper"
     generator, mapper = (registry.create(group, spec["class_path"], **spec["init_args"]).eval()
                          for group, spec in specs.items())
-    faces = SynthFaces(tmp_path, "test", size=64, num_identities=100, images_per_identity=2, seed=7)
+    faces = _unseen_faces(tmp_path)
     images = faces.images.float().div(127.5).sub(1.0)
-    judge = _shipped_judge()
     with torch.no_grad():
         codes = mapper(faces.parameters.float())
         renders = generator(codes).clamp(-1, 1)
-        cos = torch.nn.functional.normalize(judge(renders), dim=1) @ torch.nn.functional.normalize(
-            judge(images), dim=1).T
-    psnr = 10 * torch.log10(4 / (renders - images).pow(2).mean(dim=(1, 2, 3)))
+    psnr, own, others = _judged(renders, images)
     assert psnr.mean() >= 21.0, psnr.mean()  # measured 23.4 dB on these faces
-    own, others = cos.diagonal(), cos.masked_fill(torch.eye(len(cos), dtype=torch.bool), float("nan"))
     # measured 0.83, and every face's own render above the 99th percentile of the others
     assert own.mean() >= 0.7 and (own > others.nanquantile(0.99, dim=1)).float().mean() >= 0.9
     assert codes.mean().abs() < 0.2 and 0.7 < codes.std() < 1.3
@@ -295,16 +308,11 @@ def test_the_shipped_phase_1_redraws_unseen_synthfaces_from_the_image_alone(tmp_
     and not the others (a random attribute encoder and mapper render one mean face for everyone)."""
     recipe = ["--config", str(ROOT / "recipes/quickstart/disentangle.yaml"), "--trainer.logger", "false"]
     model = cli_main(recipe, run=False).model.model.eval()
-    faces = SynthFaces(tmp_path, "test", size=64, num_identities=100, images_per_identity=2, seed=7)
-    images = faces.images.float().div(127.5).sub(1.0)
-    judge = _shipped_judge()
+    images = _unseen_faces(tmp_path).images.float().div(127.5).sub(1.0)
     with torch.no_grad():
         renders = model.reconstruct(images).clamp(-1, 1)
-        cos = torch.nn.functional.normalize(judge(renders), dim=1) @ torch.nn.functional.normalize(
-            judge(images), dim=1).T
-    psnr = 10 * torch.log10(4 / (renders - images).pow(2).mean(dim=(1, 2, 3)))
+    psnr, own, others = _judged(renders, images)
     assert psnr.mean() >= 19.0, psnr.mean()  # measured 20.8 dB on these faces
-    own, others = cos.diagonal(), cos.masked_fill(torch.eye(len(cos), dtype=torch.bool), float("nan"))
     # measured 0.67, and 18 of the 20 faces' own reconstruction above the 99th percentile of the others
     assert own.mean() >= 0.55, own.mean()
     assert (own > others.nanquantile(0.99, dim=1)).float().mean() >= 0.8

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # make foundations: train the SynthFaces foundations (identity encoder, judge, renderer, then phase 1 on them)
-# and export them as safetensors into ifadit/foundations/ with their sha256 in its manifest.json. Each fit resumes its own run
-# from last.ckpt when one exists, so the chain can be stopped and rerun across sittings; a finished run is
-# only exported again.
+# and export them as safetensors into ifadit/foundations/ with their sha256 in its manifest.json. Each fit
+# resumes its own run from last.ckpt when one exists, so the chain can be stopped and rerun across sittings;
+# a finished run is only exported again.
 set -euo pipefail
 IFADIT=${IFADIT:-.venv/bin/ifadit}
 PY=${PY:-.venv/bin/python}
