@@ -8,7 +8,10 @@ the centred principal coordinates of real identities that also keep their distri
 identity is one the generator was trained to render:
 
 * ``flips``: each principal coordinate's sign, a key bit each;
-* ``reflections``: in each plane of two adjacent principal directions, the reflection about a keyed axis.
+* ``reflections``: in each plane of two adjacent principal directions, the reflection about a keyed axis;
+* ``whitened-rotation R``: the registered flow of that name (the quickstart's): a keyed rotation of the top
+  ``R`` *whitened* principal coordinates, which keeps their distribution and turns every face to an
+  orthogonal one (random key conditions; the inverse is its transpose, not the map itself).
 
 No training: the principal directions and an affine least-squares compensator (reading ``z_anon`` back from
 the stored 8-bit anonymized face) are fitted on training faces under random keys; ``none`` (no transform, the
@@ -41,10 +44,13 @@ from torch import Tensor
 
 from ifadit.anonymizer import IFADIT
 from ifadit.cli import _build_task
+from ifadit.flows.whitened import WhitenedRotationFlow
 from ifadit.keycheck import encode
 from ifadit.nets import IdentityEncoder
 from ifadit.nets.image import as_stored
 from ifadit.recognizers import recognizer_label
+
+FAMILIES = ("none", "flips", "reflections", *(f"whitened-rotation {rank}" for rank in (8, 12, 16)))
 
 
 class PrincipalIsometry:
@@ -77,10 +83,38 @@ class PrincipalIsometry:
             coords = torch.stack([c * u + s * v, s * u - c * v], dim=-1).flatten(1)
         return self.mean + coords @ self.basis.T
 
+    inverse = __call__
+
+
+class WhitenedRotation:
+    """The ``whitened-rotation`` flow of ``rank`` coordinates, fitted to the same identities."""
+
+    def __init__(self, identities: Tensor, rank: int) -> None:
+        self.flow = WhitenedRotationFlow(identities.shape[1], cond_dim=64, rank=rank)
+        self.flow.fit_identities(identities)
+
+    def draw(self, generator: torch.Generator, count: int = 1) -> Tensor:
+        return torch.randn(count, self.flow.cond_dim, generator=generator)
+
+    def __call__(self, z: Tensor, key: Tensor) -> Tensor:
+        return self.flow(z, key)[0]
+
+    def inverse(self, z: Tensor, key: Tensor) -> Tensor:
+        return self.flow.inverse(z, key)
+
+
+KeyedMap = PrincipalIsometry | WhitenedRotation
+
+
+def keyed_map(identities: Tensor, family: str) -> KeyedMap:
+    if family.startswith("whitened-rotation"):
+        return WhitenedRotation(identities, int(family.split()[-1]))
+    return PrincipalIsometry(identities, family)
+
 
 @torch.no_grad()
 def fit_compensator(
-    model: IFADIT, identities: Tensor, attributes: Tensor, transform: PrincipalIsometry, seed: int = 999
+    model: IFADIT, identities: Tensor, attributes: Tensor, transform: KeyedMap, seed: int = 999
 ) -> Callable[[Tensor], Tensor]:
     """Affine least squares from the identity encoder's reading of a stored render to its ``z_anon``."""
     generator = torch.Generator().manual_seed(seed)
@@ -100,7 +134,7 @@ def score(
     model: IFADIT,
     judge: IdentityEncoder,
     test: tuple[Tensor, Tensor, Tensor],
-    transform: PrincipalIsometry,
+    transform: KeyedMap,
     compensator: Callable[[Tensor], Tensor],
     key: Tensor,
     next_key: Tensor,
@@ -113,14 +147,14 @@ def score(
         stored = as_stored(model.render(z_anon, attributes))
         estimate = compensator(model.identity_encoder(stored))
         read_attributes = model.attribute_encoder(stored)
-        recovered = transform(estimate, key.expand(n, -1))
+        recovered = transform.inverse(estimate, key.expand(n, -1))
         second = as_stored(model.render(transform(identity, next_key.expand(n, -1)), attributes))
         j_anon = judge(stored)
         values = {
             "anonymized": F.cosine_similarity(j_anon, j_x),
             "recovered": F.cosine_similarity(judge(model.render(recovered, read_attributes)), j_x),
             "wrong_key": F.cosine_similarity(
-                judge(model.render(transform(estimate, next_key.expand(n, -1)), read_attributes)), j_x
+                judge(model.render(transform.inverse(estimate, next_key.expand(n, -1)), read_attributes)), j_x
             ),
             "two_keys": F.cosine_similarity(judge(second), j_anon),
             "compensator": F.cosine_similarity(estimate, z_anon),
@@ -137,6 +171,7 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=8)
     parser.add_argument("--fit_images", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -173,8 +208,8 @@ def main() -> None:
         "| 3 goals | 4 goals |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for family in ("none", "flips", "reflections"):
-        transform = PrincipalIsometry(identities, family)
+    for family in args.families:
+        transform = keyed_map(identities, family)
         compensator = fit_compensator(model, identities, fit_attributes, transform)
         generator = torch.Generator().manual_seed(0)
         keys = transform.draw(generator, args.keys)

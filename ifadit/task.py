@@ -54,6 +54,7 @@ from ifadit.training import (
     reconstruction_terms,
     render_terms,
     sample_columns,
+    training_identities,
     training_keys,
     verification_metrics,
 )
@@ -214,6 +215,18 @@ class IFADITTask(L.LightningModule):
                 scale=self.hparams.arcface_scale,
                 margin=self.hparams.arcface_margin,
             )
+
+    def on_fit_start(self) -> None:
+        """A flow fitted to the training identities (``identities_to_fit``) is fitted before its first step;
+        a restored or ``init_from`` flow that is already fitted keeps its statistics."""
+        flow = self.model.flow if self.model is not None else None
+        if flow is None or not flow.identities_to_fit:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            raise ValueError(f"fitting the {type(flow).__name__} to training identities needs a datamodule")
+        identities = training_identities(self.model, datamodule.train_dataloader(), flow.identities_to_fit)
+        flow.fit_identities(identities)
 
     def trainable_parts(self) -> list[nn.Module]:
         """The components this phase trains; every other one is frozen and stays in eval mode."""

@@ -156,6 +156,37 @@ def test_init_from_loads_the_previous_phase_and_frozen_parts_stay_put(chain: Cha
     assert trained and any(not torch.equal(flow[k], compensator[k]) for k in trained)
 
 
+def test_a_flow_fitted_to_identities_is_fitted_when_phase_2_starts_and_kept_by_the_next_phase(
+    chain: ChainRun, synth_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``whitened-rotation`` in the chain's flow and compensator phases: the flow phase fits it to the
+    identity encoder's vectors of the training faces before its first step; the compensator phase takes
+    the fitted flow from that checkpoint and does not fit it again."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", _sqlite_uri(tmp_path))
+    whitened = ["--model.flow", "whitened-rotation", "--model.flow.dim", "64", "--model.flow.cond_dim", "64",
+                "--model.flow.num_blocks", "1", "--model.flow.rank", "8", "--data.root", synth_root]
+    disentangle = _run_checkpoint_dir(chain.work, "disentangle") / "last.ckpt"
+    assert cli.main(["fit", "--config", str(CONF / "flow.yaml"), *whitened,
+                     "--model.init_from", str(disentangle)]) == 0
+    flow_checkpoint = _run_checkpoint_dir(tmp_path, "flow") / "last.ckpt"
+    assert cli.main(["fit", "--config", str(CONF / "compensator.yaml"), *whitened,
+                     "--model.init_from", str(flow_checkpoint)]) == 0
+    fitted = {k.removeprefix("model.flow."): v for k, v in _checkpoint(flow_checkpoint)["state_dict"].items()
+              if k.startswith("model.flow.")}
+    assert bool(fitted["fitted"]) and torch.all(fitted["scale"][:-1] >= fitted["scale"][1:])
+    # the mean it fitted is the mean identity of the training faces
+    task = cli_main(["--config", str(CONF / "flow.yaml"), *whitened, "--model.init_from", str(disentangle),
+                     "--trainer.logger", "false"], run=False)
+    task.datamodule.setup("fit")
+    with torch.no_grad():
+        encoder = task.model.model.identity_encoder.eval()
+        identities = torch.cat([encoder(b["image"]) for b in task.datamodule.train_dataloader()])
+    torch.testing.assert_close(fitted["mean"], identities.mean(dim=0), atol=1e-5, rtol=0)
+    kept = _checkpoint(_run_checkpoint_dir(tmp_path, "compensator") / "last.ckpt")["state_dict"]
+    for name, value in fitted.items():
+        assert torch.equal(kept["model.flow." + name], value), f"the compensator phase changed flow.{name}"
+
+
 def test_validate_reads_a_checkpoint(
     chain: ChainRun, synth_root: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

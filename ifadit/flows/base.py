@@ -65,6 +65,16 @@ class KeyedFlow(nn.Module, ABC):
     @abstractmethod
     def _inverse(self, z: Tensor, cond: Tensor | None) -> Tensor: ...
 
+    @property
+    def identities_to_fit(self) -> int:
+        """How many training identities ``fit_identities`` wants before phase 2 (0: nothing to fit, as for
+        every flow that learns by gradient alone). The task fits the flow when phase 2 starts."""
+        return 0
+
+    def fit_identities(self, identities: Tensor) -> None:
+        """Fit statistics of the training identities (N, dim); only flows with ``identities_to_fit``."""
+        raise NotImplementedError(f"{type(self).__name__} fits nothing to identities")
+
     def _prepare(self, z: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor | None]:
         if z.dim() != 2 or z.shape[1] != self.dim:
             raise ValueError(f"expected z of shape (batch, {self.dim}), got {tuple(z.shape)}")

@@ -6,7 +6,7 @@ from ifadit.training.checkpoint import load_components
 from ifadit.training.compensator import ReplayBuffer
 from ifadit.training.components import build_model
 from ifadit.training.disentangle import reconstruction_terms
-from ifadit.training.flow import flow_terms, training_keys
+from ifadit.training.flow import flow_terms, training_identities, training_keys
 from ifadit.training.losses import (
     Encoded,
     LossWeights,
@@ -41,6 +41,7 @@ __all__ = [
     "render_terms",
     "sample_columns",
     "swapped_parameters",
+    "training_identities",
     "training_keys",
     "verification_metrics",
 ]

@@ -4,7 +4,7 @@ single-phase ablation) the phase-1 parts learn on the same step."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,20 @@ def training_keys(scheme: KeyScheme, batch: int, device: torch.device, per_batch
     if per_batch:
         return scheme.sample(1, device=device).expand(batch, -1)
     return scheme.sample(batch, device=device)
+
+
+@torch.no_grad()
+def training_identities(model: IFADIT, batches: Iterable[dict[str, Tensor]], count: int) -> Tensor:
+    """The identity vectors of the first ``count`` training faces, for a flow fitted before phase 2."""
+    device = next(model.identity_encoder.parameters()).device
+    identities: list[Tensor] = []
+    seen = 0
+    for batch in batches:
+        identities.append(model.identity_encoder(batch["image"].to(device)).float())
+        seen += identities[-1].shape[0]
+        if seen >= count:
+            break
+    return torch.cat(identities)[:count]
 
 
 def flow_terms(
