@@ -29,7 +29,7 @@ from pathlib import Path
 import kornia
 import torch
 import torch.nn.functional as F
-from machine import describe  # benchmarks/ is on sys.path when a script runs
+from machine import describe, publish  # benchmarks/ is on sys.path when a script runs
 from torch import Tensor
 from torchmetrics.functional.classification import binary_roc
 
@@ -167,10 +167,7 @@ def main() -> None:
         if judge is not None:
             cos = f"{F.cosine_similarity(embed(judge, renders), embed(judge, images)).mean().item():.3f}"
         lines.append(f"| {row} | {psnr:.2f} dB | {ssim:.3f} | {cos} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

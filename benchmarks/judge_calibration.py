@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from key_collisions import judge_encoder  # benchmarks/ is on sys.path when a script runs
-from machine import describe, shown_path
+from machine import describe, publish, shown_path
 from torch import Tensor
 
 from ifadit.cli import _build_task
@@ -104,10 +104,7 @@ def main() -> None:
             f"{c['render_same_identity']:.3f} | {c['render_impostor']:.3f} | {c['dims_90']} | "
             f"{c['participation']:.1f} |"
         )
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

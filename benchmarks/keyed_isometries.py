@@ -39,7 +39,7 @@ from key_collisions import (  # benchmarks/ is on sys.path
     add_model_and_judge_arguments,
     judge_encoder,
 )
-from machine import describe
+from machine import describe, publish
 from torch import Tensor
 
 from ifadit.anonymizer import IFADIT
@@ -224,10 +224,7 @@ def main() -> None:
         counts = ["—", "—"] if family == "none" else [f"{three} of {len(rows)}", f"{four} of {len(rows)}"]
         lines.append(f"| {family} | " + " | ".join(cells + counts) + " |")
         print(lines[-1], flush=True)
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -33,3 +33,11 @@ def shown_path(path: str) -> str:
     root = Path(__file__).resolve().parents[1]
     resolved = Path(path).resolve()
     return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else path
+
+
+def publish(lines: list[str], out: str | None) -> None:
+    """Print a result table and write it to ``out`` (Markdown) when given."""
+    text = "\n".join(lines)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")

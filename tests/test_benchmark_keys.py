@@ -93,3 +93,24 @@ def test_a_judge_without_an_identity_encoder_is_refused_in_one_line(
     with pytest.raises(SystemExit, match="not an EncoderRecognizer") as raised:
         key_collisions.judge_encoder("detecting")
     assert "\n" not in str(raised.value)
+
+
+def test_known_pairs_give_away_a_whitened_rotation_key_from_rank_faces(benchmarks_path) -> None:
+    """benchmarks/known_pairs.py's attack on the flow's whitened coordinates: exact readings of ``rank`` known
+    faces under one key recover every other face of that key; fewer do not."""
+    import torch.nn.functional as F
+
+    from ifadit.flows.whitened import WhitenedRotationFlow
+
+    known_pairs = importlib.import_module("known_pairs")
+    sys.modules.pop("known_pairs", None)
+    torch.manual_seed(0)
+    flow = WhitenedRotationFlow(32, cond_dim=8, rank=6)
+    flow.fit_identities(F.normalize(torch.randn(500, 32) * torch.logspace(0, -1, 32), dim=1))
+    faces = F.normalize(torch.randn(40, 32), dim=1)
+    with torch.no_grad():
+        anonymized, _ = flow(faces, torch.randn(1, 8))
+        recovered = known_pairs.whitened_attack(flow, anonymized, faces, n=6)
+        guessed = known_pairs.whitened_attack(flow, anonymized, faces, n=3)
+    torch.testing.assert_close(recovered, faces, atol=1e-4, rtol=0)
+    assert (guessed - faces).abs().max() > 1e-2
