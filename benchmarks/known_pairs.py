@@ -40,13 +40,9 @@ def affine_fit(inputs: Tensor, targets: Tensor, ridge: float = 1e-3) -> Tensor:
 def whitened_attack(flow: WhitenedRotationFlow, reading: Tensor, known: Tensor, n: int) -> Tensor:
     """The flow's whitened principal coordinates of every reading, mapped by the linear map fitted on the
     first ``n`` (reading, original) pairs, put back in place of the reading's own."""
-    basis = torch.linalg.qr(flow.basis).Q
-
-    def whitened(z: Tensor) -> Tensor:
-        return (z - flow.mean) @ basis / flow.scale
-
-    mapped = whitened(reading) @ torch.linalg.lstsq(whitened(reading[:n]), whitened(known[:n])).solution
-    return reading + ((mapped - whitened(reading)) * flow.scale) @ basis.T
+    coordinates = flow.whitened(reading)
+    fitted = torch.linalg.lstsq(coordinates[:n], flow.whitened(known[:n])).solution
+    return flow.shift_whitened(reading, coordinates @ fitted - coordinates)
 
 
 @torch.no_grad()

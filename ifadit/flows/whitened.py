@@ -93,14 +93,22 @@ class WhitenedRotationFlow(KeyedFlow):
         turned = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(1)  # J u
         return self._reflections(-turned if inverse else turned, vectors, backward)
 
-    def _rotate(self, z: Tensor, cond: Tensor | None, inverse: bool) -> Tensor:
+    def _basis(self, dtype: torch.dtype) -> Tensor:
         # Orthonormal to the compute precision (the stored basis is only as orthonormal as its dtype), so
         # the part outside the subspace passes through exactly and the inverse is exact in float64 too.
-        basis = torch.linalg.qr(self.basis.to(z.dtype)).Q
-        scale = self.scale.to(z.dtype)
-        coordinates = (z - self.mean.to(z.dtype)) @ basis
-        rotated = self._turn(coordinates / scale, cond, inverse) * scale
-        return z + (rotated - coordinates) @ basis.T
+        return torch.linalg.qr(self.basis.to(dtype)).Q
+
+    def whitened(self, z: Tensor) -> Tensor:
+        """The whitened principal coordinates ``S⁻¹ Uᵀ(z − μ)`` (B, rank) the key turns."""
+        return (z - self.mean.to(z.dtype)) @ self._basis(z.dtype) / self.scale.to(z.dtype)
+
+    def shift_whitened(self, z: Tensor, change: Tensor) -> Tensor:
+        """``z`` with ``change`` (B, rank) added to its whitened principal coordinates, the rest kept."""
+        return z + (change * self.scale.to(z.dtype)) @ self._basis(z.dtype).T
+
+    def _rotate(self, z: Tensor, cond: Tensor | None, inverse: bool) -> Tensor:
+        coordinates = self.whitened(z)
+        return self.shift_whitened(z, self._turn(coordinates, cond, inverse) - coordinates)
 
     def _forward(self, z: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
         return self._rotate(z, cond, inverse=False), z.new_zeros(z.shape[0])

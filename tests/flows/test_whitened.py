@@ -51,8 +51,7 @@ def test_anonymized_identities_are_distributed_like_real_ones(fitted: WhitenedRo
     assert (anonymized.mean(dim=0) - real.mean(dim=0)).norm() <= 0.1 * spread
     # under this one key each face moves to an unrelated identity: its whitened principal coordinates turn
     # to orthogonal ones, and the centred identities are uncorrelated
-    basis = torch.linalg.qr(fitted.basis).Q
-    whitened = [((z - fitted.mean) @ basis) / fitted.scale for z in (real, anonymized)]
+    whitened = [fitted.whitened(z) for z in (real, anonymized)]
     assert F.cosine_similarity(*whitened).abs().max() < 1e-4
     centred = real - fitted.mean, anonymized - fitted.mean
     assert F.cosine_similarity(*centred).mean().abs() < 0.1
